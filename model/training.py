@@ -1,0 +1,72 @@
+"""One training forward: the loss of the group being learned (group 0 at step 0, the newest at step t).
+
+At step t >= 1 the backbone and pixel decoder are frozen, so their features are computed without a
+graph; only the newest prompt group runs through the decoder, with every class head applied (old
+heads act as negatives in the sigmoid loss).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .eclipse import EclipseModel
+from .losses import SetCriterion
+from .matcher import HungarianMatcher
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """ECLIPSE.md section 7; the class weight is 2 at step 0 and 10 at continual steps."""
+
+    base_class_weight: float = 2.0
+    step_class_weight: float = 10.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    num_points: int = 12544
+    deep_supervision: bool = True
+
+
+def build_criterion(model: EclipseModel, config: LossConfig = LossConfig(), generator=None) -> SetCriterion:
+    class_weight = config.base_class_weight if model.num_steps == 0 else config.step_class_weight
+    matcher = HungarianMatcher(class_weight, config.mask_weight, config.dice_weight, config.num_points)
+    return SetCriterion(
+        model.num_classes,
+        matcher,
+        class_weight=class_weight,
+        mask_weight=config.mask_weight,
+        dice_weight=config.dice_weight,
+        num_points=config.num_points,
+        generator=generator,
+    )
+
+
+def pad_targets(targets: list[dict], size: tuple[int, int]) -> list[dict]:
+    """Pads target masks (bottom/right, False) to the padded input size."""
+    padded = []
+    for t in targets:
+        masks = t["masks"]
+        h, w = masks.shape[-2:]
+        masks = F.pad(masks, (0, size[1] - w, 0, size[0] - h)) if (h, w) != tuple(size) else masks
+        padded.append({"labels": t["labels"], "masks": masks})
+    return padded
+
+
+def training_predictions(model: EclipseModel, images: torch.Tensor, features=None, deep_supervision: bool = True):
+    """Predictions of the group being learned: a list of {"logits", "mask_logits"} (deep supervision)."""
+    x, _ = model.preprocess(images)
+    if features is None:
+        frozen = not any(p.requires_grad for p in model.pixel_decoder.parameters())
+        with torch.set_grad_enabled(not frozen and torch.is_grad_enabled()):
+            features = model.encode(x)
+    mask_features, memories = features
+    out = model.decode(mask_features, memories, group_ids=[model.num_steps])
+    indices = range(len(out.logits)) if deep_supervision else [len(out.logits) - 1]
+    preds = [{"logits": out.logits[i], "mask_logits": out.mask_logits(mask_features, i)} for i in indices]
+    return preds, tuple(x.shape[-2:])
+
+
+def compute_loss(model: EclipseModel, criterion: SetCriterion, images: torch.Tensor, targets: list[dict], **kw):
+    """Loss dict for a batch; targets: [{"labels": 1-based class ids, "masks": bool [M,H,W]}]."""
+    preds, padded_size = training_predictions(model, images, **kw)
+    return criterion(preds, pad_targets(targets, padded_size))
