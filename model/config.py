@@ -9,8 +9,8 @@ class ModelConfig:
     hidden_dim: int = 128
     num_queries: int = 100
     num_heads: int = 8
-    decoder_layers: int = 9
-    decoder_ffn_dim: int = 1024
+    decoder_layers: int = 6
+    decoder_ffn_dim: int = 512
     pixel_decoder_layers: int = 3
     pixel_decoder_ffn_dim: int = 512
     deform_points: int = 4
@@ -28,7 +28,8 @@ class ModelConfig:
 
 
 def default_config() -> ModelConfig:
-    """The CPU-friendly default: EfficientNet-Lite0, width 128, 3 deformable layers, 9 decoder layers."""
+    """The CPU-friendly default: EfficientNet-Lite0, width 128, 3 deformable layers, 6 decoder layers
+    (two rounds over the three levels); about 5.5M parameters, a base file of about 22 MB."""
     return ModelConfig()
 
 
