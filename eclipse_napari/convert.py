@@ -117,7 +117,7 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def _class_range(classes) -> str:
-    names = [c.name for c in classes]
+    names = [repr(c.name) for c in classes]  # quoted: ADE20K names contain commas
     return ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, ..., {names[-1]}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         import skimage.io
 
-        return np.asarray(skimage.io.imread(str(path)))
+        with warnings.catch_warnings():  # imageio's legacy plugins warn about themselves while probing
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return np.asarray(skimage.io.imread(str(path)))
     except Exception as exc:  # the readers raise many types (OSError, ValueError, SyntaxError, ...)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ImageError(f"{path}: cannot read the image ({reason})") from exc

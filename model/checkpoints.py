@@ -88,7 +88,8 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
         "num_prompts": group.num_queries,
         "position_sets": group.positions.shape[0],
         "owns_no_object_head": group.no_object_head is not None,
-        "deltas": model.deltas[: step + 1],
+        # The deltas in effect right after this step (later steps may re-tune earlier deltas).
+        "deltas": model.deltas if step == model.num_steps else list(model.groups[step + 1].previous_deltas),
         "base_fingerprint": base_fingerprint(model),
         "parent_fingerprint": step_fingerprint(model, step - 1) if step > 1 else None,
         "fingerprint": step_fingerprint(model, step),

@@ -161,17 +161,17 @@ def convert_official(
         if last:
             tensors.update({"no_object_head." + n: v for n, v in _mlp(state, PR + "class_embed.cls.0.").items()})
         _load_checked(group, tensors)
-        group.previous_deltas = model.deltas
         model.decoder.groups.append(group)
         used |= {key for key in state if key.startswith((f"{PR}prompt_feat.{k}.", f"{PR}prompt_embed.{k}.", mask_prefix))}
         used |= {key for key in state if key.startswith(f"{PR}class_embed.cls.{k + 2}.")}
     leftover = sorted(set(state) - used)
     if leftover:
         raise CheckpointError(f"the checkpoint has weights this converter does not know: {leftover[:8]}")
-    if deltas is not None:
-        model.set_deltas(deltas)
-    elif num_steps:
-        model.set_deltas([0.4] + [0.5] * num_steps)
+    if deltas is None:
+        deltas = [0.4] + [0.5] * num_steps if num_steps else [0.0]
+    model.set_deltas(deltas)
+    for k, group in enumerate(model.groups[1:], start=1):
+        group.previous_deltas = list(model.deltas[:k])
     model.freeze_for_training()
     return model
 

@@ -217,7 +217,7 @@ def test_step_with_clashing_class_names_is_refused(two_steps):
     _assert_unchanged(clashing, snap)
 
 
-def test_step_after_a_different_previous_step_is_refused(two_steps, tmp_path):
+def test_step_after_a_different_previous_step_is_refused(two_steps):
     _, folder, _ = two_steps
     b = load_base(folder / BASE_FILE)
     _add_trained_step(b, 1, seed=99)  # a different step 1 with the same classes
@@ -359,3 +359,22 @@ def test_remove_last_step_after_load_model_matches_in_memory_undo(tmp_path):
     assert loaded.deltas == a.deltas
     assert loaded.classes == a.classes
     _assert_same_state(a.state_dict(), loaded.state_dict())
+
+
+def test_step_files_record_the_deltas_in_effect_after_their_step(tmp_path):
+    """Re-tuning deltas after step 2 must not leak into step 1's file: undo after reload == undo in memory."""
+    from model.build import build_model
+    from model.checkpoints import load_model, save_model
+    from model.config import tiny_config
+
+    torch.manual_seed(3)
+    model = build_model(tiny_config(), ["a", "b"], [True, False])
+    model.add_step(["c"], [True], 2)
+    model.add_step(["d"], [False], 2)
+    model.set_deltas([0.3, 0.6, 0.7])
+    loaded = load_model(save_model(model, tmp_path / "m"))
+    assert loaded.deltas == pytest.approx([0.3, 0.6, 0.7])
+    model.remove_last_step()
+    loaded.remove_last_step()
+    assert model.deltas == pytest.approx([0.4, 0.5])
+    assert loaded.deltas == pytest.approx(model.deltas)
