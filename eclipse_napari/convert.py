@@ -184,14 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.base_checkpoint is not None:
             base_state = load_official_state_dict(args.base_checkpoint)
             check_base_state(state, base_state, args.checkpoint, args.base_checkpoint)
-        model = convert_official(state, class_list(args.classes), base_state=base_state)
-        if deltas is not None:
-            if len(deltas) != len(model.groups):
-                raise ValueError(
-                    f"--deltas: the checkpoint has {len(model.groups)} groups (base + {model.num_steps} steps), "
-                    f"so give {len(model.groups)} values, got {len(deltas)}"
-                )
-            model.set_deltas(deltas)
+        num_steps = len({m.group(1) for k in state if (m := re.match(re.escape(_PROMPTS) + r"(\d+)\.", k))})
+        if deltas is not None and len(deltas) != num_steps + 1:
+            raise ValueError(
+                f"--deltas: the checkpoint has {num_steps + 1} groups (base + {num_steps} steps), "
+                f"so give {num_steps + 1} values, got {len(deltas)}"
+            )
+        # convert_official also records each step's undo deltas from these.
+        model = convert_official(state, class_list(args.classes), deltas, base_state=base_state)
         del state, base_state
         files = write_model_folder(model, out, args.force)
     except KeyError as e:

@@ -58,6 +58,27 @@ def test_convert_step1(step1_checkpoint, tmp_path, capsys):
     assert all(torch.equal(ours[k], direct[k]) for k in direct)
 
 
+def test_convert_with_base_checkpoint_and_deltas(step1_checkpoint, reference_dir, tmp_path, capsys):
+    path, state = step1_checkpoint
+    base_state = official_state_dict(reference_dir / "manifest_step0.json")
+    base_path = tmp_path / "step0.pth"
+    torch.save({"model": base_state}, base_path)
+    out = tmp_path / "converted"
+    argv = [str(path), "--out", str(out), "--base-checkpoint", str(base_path), "--deltas", "0.3,0.6"]
+    assert convert_cli.main(argv) == 0
+    assert "deltas: 0.3, 0.6" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.deltas == pytest.approx([0.3, 0.6])
+    direct = convert_official(state, class_list("ade20k"), [0.3, 0.6], base_state=base_state).state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in direct.items())
+    model.remove_last_step()
+    assert model.deltas == pytest.approx([0.3])
+
+    # A step checkpoint is not a base checkpoint.
+    assert convert_cli.main([str(path), "--out", str(tmp_path / "x"), "--base-checkpoint", str(path)]) == 1
+    assert "step-0" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_convert_refuses_existing_folder_and_bad_deltas(step1_checkpoint, tmp_path, capsys):
     path, _ = step1_checkpoint
     out = tmp_path / "taken"

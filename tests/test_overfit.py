@@ -94,11 +94,11 @@ def test_tiny_model_overfits_one_image(deterministic_cpu):
         optimizer.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses))
-    # Observed: ~270 -> ~7 (seeds 0..7); require at least a tenfold drop.
+    # Observed: ~270 -> ~4-7 (seeds 0..7); require at least a tenfold drop.
     assert np.mean(losses[-5:]) < 0.1 * losses[0], (losses[0], losses[-5:])
 
     model.eval()
     pq_after = panoptic_quality(model, image, panoptic, segments)
-    # Observed: ~0.98 after training; an untrained model is far below.
+    # Observed: 0.987-0.989 after training (seeds 0..7); 0.0 before it.
     assert pq_after >= 0.9, (pq_before, pq_after)
     assert pq_before < 0.5, pq_before
