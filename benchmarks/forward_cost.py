@@ -1,6 +1,6 @@
 """Forward cost of the model on CPU: median time, peak memory, and the extra cost of each added step.
 
-    python benchmarks/forward_cost.py [--threads 2] [--size 512] [--repeats 15] [--configs default paper]
+    python benchmarks/forward_cost.py [--threads 2] [--size 512] [--repeats 25] [--configs default paper]
 
 For each configuration, models with 0..N continual steps (P prompts, C classes each; the paper's ADE
 100-5 shape: P=10, C=5) are timed in interleaved rounds, so machine noise hits all of them alike, and
@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,13 +46,24 @@ def measure_memory(args) -> None:
 
     torch.set_num_threads(args.threads)
     model = build(args.configs[0], args.memory_child, args.prompts, args.classes)
-    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     x = torch.randint(0, 256, (1, 3, args.size, args.size), dtype=torch.uint8)
+    peak_build = _vm_kib("VmHWM") / 1024
+    rss_model = _vm_kib("VmRSS") / 1024
+    # Reset the peak (Linux: clear_refs 5) so the forward's own peak is not hidden by the build's.
+    Path("/proc/self/clear_refs").write_text("5")
     with torch.inference_mode():
         for _ in range(3):
             model.infer(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rss_after_build_mib": rss_model, "peak_rss_mib": peak}))
+    peak_forward = _vm_kib("VmHWM") / 1024
+    print(json.dumps({"rss_after_build_mib": rss_model, "peak_rss_mib": max(peak_build, peak_forward),
+                      "forward_peak_rss_mib": peak_forward}))
+
+
+def _vm_kib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (this memory measurement needs Linux)")
 
 
 def peak_memory(config_name: str, steps: int, args) -> dict:
@@ -91,9 +101,23 @@ def time_config(config_name: str, args) -> dict:
         "median_ms_by_steps": medians,
         "extra_cost_per_step": [(medians[i] / medians[i - 1] - 1) for i in range(1, len(medians))],
         "extra_cost_vs_base": [(m / medians[0] - 1) for m in medians],
+        # Least-squares slope over 0..N steps relative to the intercept: less noisy than single differences.
+        "fitted_cost_per_step": _slope(medians) / (medians[0] if len(medians) < 2 else _intercept(medians)),
         "memory_base": peak_memory(config_name, 0, args),
         "memory_with_steps": peak_memory(config_name, args.steps, args),
     }
+
+
+def _slope(values) -> float:
+    if len(values) < 2:
+        return 0.0
+    n = len(values)
+    mx, my = (n - 1) / 2, statistics.fmean(values)
+    return sum((i - mx) * (v - my) for i, v in enumerate(values)) / sum((i - mx) ** 2 for i in range(n))
+
+
+def _intercept(values) -> float:
+    return statistics.fmean(values) - _slope(values) * (len(values) - 1) / 2
 
 
 def main(argv=None) -> int:
@@ -101,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", default=["default", "paper"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--classes", type=int, default=5)
@@ -113,7 +137,7 @@ def main(argv=None) -> int:
         return 0
     results = [time_config(name, args) for name in args.configs]
     print(f"\n{args.size}x{args.size}, batch 1, CPU, {args.threads} threads, median of {args.repeats} interleaved runs")
-    print("peak MiB = peak RSS of a fresh process (torch's own libraries included); fwd MiB = peak minus RSS after build")
+    print("peak MiB = peak RSS of a fresh process (torch's libraries included); fwd MiB = forward's peak RSS minus RSS before it")
     print(f"{'config':<10}{'params':>12}{'base ms':>10}{'peak MiB':>10}{'fwd MiB':>9}  added steps (P={args.prompts}, C={args.classes}): ms, extra vs previous")
     for r in results:
         steps = "  ".join(
@@ -122,8 +146,9 @@ def main(argv=None) -> int:
         )
         print(f"{r['config']:<10}{r['parameters']:>12,}{r['median_ms_by_steps'][0]:>10.1f}"
               f"{r['memory_base']['peak_rss_mib']:>10.0f}"
-              f"{r['memory_base']['peak_rss_mib'] - r['memory_base']['rss_after_build_mib']:>9.0f}  {steps}")
-        print(f"{'':<10}peak RSS with {args.steps} steps: {r['memory_with_steps']['peak_rss_mib']:.0f} MiB")
+              f"{r['memory_base']['forward_peak_rss_mib'] - r['memory_base']['rss_after_build_mib']:>9.0f}  {steps}")
+        print(f"{'':<10}fitted cost per step: {r['fitted_cost_per_step'] * 100:+.1f}%; "
+              f"peak RSS with {args.steps} steps: {r['memory_with_steps']['peak_rss_mib']:.0f} MiB")
     if args.out:
         from model.checkpoint_io import atomic_write_json
 

@@ -6,6 +6,7 @@ and values are projected once per layer and shared. Each group is processed as i
 old group's hidden states, masks and logits cannot depend on later groups: bit-identical by construction.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,19 +20,33 @@ from .transformer_decoder import DecoderLayer
 
 @dataclass
 class DecoderOutput:
-    """Predictions of the groups that ran, concatenated in group order along the query axis.
+    """Predictions of the groups that ran, in group order along the query axis.
 
-    logits[i]: [B, Q, K+1] raw class logits of prediction i (0 = from the raw queries, then one per
-    layer); columns are the classes of all groups in learning order, then no-object.
+    Prediction 0 comes from the raw queries, then one per layer. Class logits are computed on demand
+    (inference needs only the last; training and checks need all): `class_logits(i)` is [B, Q, K+1] with
+    the classes of all groups in learning order, then no-object.
     mask_embeds[i]: [B, Q, D]; masks = einsum("bqc,bchw->bqhw", mask_embed, mask_features).
     blocked[i]: [B, Q, h*w] attention mask that layer i used (True = blocked), before fully blocked rows
-    were unblocked.
+    were unblocked (recorded on request).
     """
 
-    logits: list[torch.Tensor]
+    normed_hidden: list[list[torch.Tensor]]  # [prediction][group] -> [B, Q_g, D], after the decoder norm
     mask_embeds: list[torch.Tensor]
+    classify: Callable[[torch.Tensor], torch.Tensor]
     blocked: list[torch.Tensor] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
+
+    @property
+    def num_predictions(self) -> int:
+        return len(self.mask_embeds)
+
+    def class_logits(self, index: int = -1) -> torch.Tensor:
+        # Per group, so an old group's logits never share a kernel call with later groups.
+        return torch.cat([self.classify(h) for h in self.normed_hidden[index]], 1)
+
+    @property
+    def logits(self) -> list[torch.Tensor]:
+        return [self.class_logits(i) for i in range(self.num_predictions)]
 
     def mask_logits(self, mask_features: torch.Tensor, index: int = -1) -> torch.Tensor:
         return torch.einsum("bqc,bchw->bqhw", self.mask_embeds[index], mask_features)
@@ -53,11 +68,15 @@ class MaskedAttentionDecoder(nn.Module):
     def no_object_head(self) -> nn.Module:
         return next(g.no_object_head for g in reversed(self.groups) if g.no_object_head is not None)
 
+    def class_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every group's class head, then no-object, for decoder-normed hidden states."""
+        heads = [g.class_head(normed_hidden) for g in self.groups]
+        return torch.cat(heads + [self.no_object_head()(normed_hidden)], dim=-1)
+
     def predict(self, hidden: torch.Tensor, group: QueryGroup) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits of every group's head plus no-object, and the group's mask embedding."""
+        """(decoder-normed hidden states, the group's mask embedding)."""
         h = self.norm(hidden)
-        logits = torch.cat([g.class_head(h) for g in self.groups] + [self.no_object_head()(h)], dim=-1)
-        return logits, group.mask_mlp(h)
+        return h, group.mask_mlp(h)
 
     def forward(
         self,
@@ -85,13 +104,14 @@ class MaskedAttentionDecoder(nn.Module):
         groups = [self.groups[g] for g in group_ids]
         hidden = [g.content.unsqueeze(0).expand(batch, -1, -1) for g in groups]
         preds = [self.predict(h, g) for h, g in zip(hidden, groups)]
-        out = DecoderOutput([], [], group_ids=list(group_ids))
+        out = DecoderOutput([], [], self.class_logits, group_ids=list(group_ids))
         self._collect(out, preds)
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
             kv = layer.cross_attn.project_memory(memory_flat[level], memory_pos[level])
             for k, g in enumerate(groups):
-                blocked = torch.einsum("bqc,bcs->bqs", preds[k][1], level_features[level]).sigmoid() < 0.5
+                # sigmoid(mask) < 0.5, decided on the logit itself (one op fewer per group and layer).
+                blocked = torch.einsum("bqc,bcs->bqs", preds[k][1], level_features[level]) < 0
                 if record_attention:
                     out.blocked.append(blocked)  # flattened per group, regrouped below
                 blocked = blocked & ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything
@@ -106,5 +126,5 @@ class MaskedAttentionDecoder(nn.Module):
 
     @staticmethod
     def _collect(out: DecoderOutput, preds) -> None:
-        out.logits.append(torch.cat([p[0] for p in preds], 1))
+        out.normed_hidden.append([p[0] for p in preds])
         out.mask_embeds.append(torch.cat([p[1] for p in preds], 1))

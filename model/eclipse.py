@@ -176,7 +176,7 @@ class EclipseModel(nn.Module):
         x, image_size = self.preprocess(images)
         mask_features, memories = self.encode(x)
         out = self.decode(mask_features, memories)
-        logits = self.manipulate(out.logits[-1])
+        logits = self.manipulate(out.class_logits(-1))
         return Inference(logits, out.mask_logits(mask_features), tuple(x.shape[-2:]), image_size)
 
     @torch.no_grad()

@@ -61,8 +61,8 @@ def training_predictions(model: EclipseModel, images: torch.Tensor, features=Non
             features = model.encode(x)
     mask_features, memories = features
     out = model.decode(mask_features, memories, group_ids=[model.num_steps])
-    indices = range(len(out.logits)) if deep_supervision else [len(out.logits) - 1]
-    preds = [{"logits": out.logits[i], "mask_logits": out.mask_logits(mask_features, i)} for i in indices]
+    indices = range(out.num_predictions) if deep_supervision else [out.num_predictions - 1]
+    preds = [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]
     return preds, tuple(x.shape[-2:])
 
 

@@ -44,6 +44,15 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
+    def self_attend(self, query_key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Self-attention with q and k from the same input, projected in one matmul."""
+        dim = query_key.shape[-1]
+        q, k = F.linear(query_key, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim]).chunk(2, dim=-1)
+        v = F.linear(value, self.in_proj_weight[2 * dim :], self.in_proj_bias[2 * dim :])
+        out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
 class CrossAttentionLayer(nn.Module):
     """tgt = LN(tgt + Attn(q = tgt + query_pos, k = memory + pos, v = memory, mask))."""
 
@@ -68,8 +77,7 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tgt, query_pos):
-        qk = tgt + query_pos
-        return self.norm(tgt + self.attn.attend(qk, self.attn.project_kv(qk, tgt)))
+        return self.norm(tgt + self.attn.self_attend(tgt + query_pos, tgt))
 
 
 class FFNLayer(nn.Module):
