@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         print(f"{'':<10}fitted cost per step: {r['fitted_cost_per_step'] * 100:+.1f}%; "
               f"peak RSS with {args.steps} steps: {r['memory_with_steps']['peak_rss_mib']:.0f} MiB")
     if args.out:
-        from model.checkpoint_io import atomic_write_json
+        from model.atomic_io import atomic_write_json
 
         atomic_write_json(args.out, {"settings": vars(args) | {"out": str(args.out)}, "results": results})
     return 0

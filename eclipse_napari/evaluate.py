@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from model.metrics import format_pq_table
-from model.panoptic_format import read_panoptic_json, write_json_atomic
+from model.atomic_io import atomic_write_json
+from model.panoptic_format import read_panoptic_json
 from model.pq_compute import pq_compute, read_categories
 
 
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"({results['num_images']} images)")
     if args.out:
         results["groups"] = {k: list(v) for k, v in groups.items()}
-        write_json_atomic(args.out, results, indent=2)
+        atomic_write_json(args.out, results, sort_keys=False)
         print(f"results written to {args.out}")
     return 0
 

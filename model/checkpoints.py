@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from .build import build_model
-from .checkpoint_io import CheckpointError, atomic_write_json, load_tensor_file, save_tensor_file, tensor_fingerprint
+from .atomic_io import atomic_write_json
+from .checkpoint_io import CheckpointError, load_tensor_file, save_tensor_file, tensor_fingerprint
 from .classes import ClassSpec
 from .config import ModelConfig
 from .eclipse import EclipseModel
@@ -74,7 +75,7 @@ def load_base(path: str | os.PathLike, device: str | torch.device = "cpu") -> Ec
     model = build_model(
         config, [c.name for c in classes], [c.is_thing for c in classes], [c.color for c in classes], "random"
     )
-    _load_exact(model, tensors, path, "base model")
+    load_exact(model, tensors, path, "base model")
     return model.to(device)
 
 
@@ -128,7 +129,7 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup:
     if content is None or content.ndim != 2:
         raise CheckpointError(f"{path}: the step file has no valid 'content' tensor")
     group = QueryGroup(content.shape[0], model.config.hidden_dim, classes, position_sets, owns_no_object)
-    _load_exact(group, tensors, path, "step")
+    load_exact(group, tensors, path, "step")
     group.previous_deltas = model.deltas
     model.decoder.groups.append(group.to(model.pixel_mean.device))
     model.set_deltas(deltas)
@@ -136,7 +137,8 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup:
     return group
 
 
-def _load_exact(module: torch.nn.Module, tensors: dict, path, what: str) -> None:
+def load_exact(module: torch.nn.Module, tensors: dict, path, what: str) -> None:
+    """load_state_dict that names missing, unexpected and wrongly shaped tensors (CheckpointError)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))

@@ -12,6 +12,7 @@ import torch
 
 from .build import build_model
 from .checkpoint_io import CheckpointError, load_torch_weights_only
+from .checkpoints import load_exact
 from .classes import ClassSpec
 from .config import ModelConfig
 from .eclipse import EclipseModel
@@ -93,6 +94,10 @@ def infer_config(state: dict[str, torch.Tensor], num_heads: int = 8) -> ModelCon
     )
 
 
+def _float(tensors: dict) -> dict:
+    return {k: v.float() for k, v in tensors.items()}
+
+
 def _mlp(state: dict, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -141,7 +146,7 @@ def convert_official(
         ours.update({g0 + part + k: v for k, v in _mlp(state, PR + prefix).items()})
     ours.update({g0 + "no_object_head." + k: v for k, v in no_object.items()})
     used |= {k for k in state if re.match(re.escape(PR) + r"(query_feat|query_embed|mask_embed|class_embed\.cls\.[01])\.", k)}
-    _load_checked(model, ours)
+    load_exact(model, _float(ours), "official checkpoint", "converted base model")
 
     offset = sizes[0]
     for k in range(num_steps):
@@ -160,7 +165,7 @@ def convert_official(
         tensors.update({"class_head." + n: v for n, v in _mlp(state, f"{PR}class_embed.cls.{k + 2}.").items()})
         if last:
             tensors.update({"no_object_head." + n: v for n, v in _mlp(state, PR + "class_embed.cls.0.").items()})
-        _load_checked(group, tensors)
+        load_exact(group, _float(tensors), "official checkpoint", f"converted step {k + 1}")
         model.decoder.groups.append(group)
         used |= {key for key in state if key.startswith((f"{PR}prompt_feat.{k}.", f"{PR}prompt_embed.{k}.", mask_prefix))}
         used |= {key for key in state if key.startswith(f"{PR}class_embed.cls.{k + 2}.")}
@@ -174,13 +179,3 @@ def convert_official(
         group.previous_deltas = list(model.deltas[:k])
     model.freeze_for_training()
     return model
-
-
-def _load_checked(module: torch.nn.Module, tensors: dict) -> None:
-    own = module.state_dict()
-    problems = sorted(set(own) ^ set(tensors)) + sorted(
-        k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape
-    )
-    if problems:
-        raise CheckpointError(f"converted weights do not fit the model: {problems[:8]}")
-    module.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)

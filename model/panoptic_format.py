@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from .atomic_io import atomic_write, atomic_write_json
 
 MAX_ID = 256**3 - 1
 
@@ -61,7 +61,7 @@ def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
 def write_panoptic_png(path: str | os.PathLike, id_map: np.ndarray) -> None:
     """Write an [H, W] segment-id map as a COCO-panoptic RGB PNG, atomically."""
     rgb = id2rgb(id_map)
-    _atomic_write(Path(path), lambda f: Image.fromarray(rgb, mode="RGB").save(f, format="PNG"), "wb")
+    atomic_write(path, lambda tmp: Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG"))
 
 
 def read_panoptic_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -94,35 +94,4 @@ def write_panoptic_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Write a COCO-panoptic JSON dict, atomically."""
     if not isinstance(data, dict):
         raise ValueError(f"write_panoptic_json: expected a dict, got {type(data).__name__}")
-    write_json_atomic(path, data)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:
-    """Write any JSON value atomically; numpy scalars are converted, NaN is refused (not JSON)."""
-    text = json.dumps(data, default=_json_default, indent=indent, allow_nan=False)
-    _atomic_write(Path(path), lambda f: f.write(text), "w")
-
-
-def _json_default(obj: Any) -> Any:
-    # Segment ids and areas often come straight from numpy.
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def _atomic_write(path: Path, write, mode: str) -> None:
-    """Write through a temporary file in the target folder, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        kwargs = {"encoding": "utf-8"} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, data, indent=None, sort_keys=False)

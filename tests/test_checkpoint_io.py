@@ -11,13 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from model.atomic_io import atomic_path, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from model.checkpoint_io import (
     CheckpointError,
-    atomic_path,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
     load_tensor_file,
     load_torch_weights_only,
     save_tensor_file,
