@@ -156,6 +156,16 @@ class EclipseModel(nn.Module):
         x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
         return x, (h, w)
 
+    def preprocess_many(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images [3,H,W] of different sizes -> one normalised batch, each zero-padded to a common size."""
+        if not images:
+            raise ValueError("no images given")
+        normalised = [self.preprocess(img[None])[0] for img in images]
+        h = max(x.shape[-2] for x in normalised)
+        w = max(x.shape[-1] for x in normalised)
+        batch = torch.stack([F.pad(x[0], (0, w - x.shape[-1], 0, h - x.shape[-2])) for x in normalised])
+        return batch, [tuple(img.shape[-2:]) for img in images]
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The frozen-at-step-t part: backbone and pixel decoder -> (mask_features, memories)."""
         return self.pixel_decoder(self.backbone(x))

@@ -59,11 +59,15 @@ def training_predictions(model: EclipseModel, images: torch.Tensor, features=Non
         frozen = not any(p.requires_grad for p in model.pixel_decoder.parameters())
         with torch.set_grad_enabled(not frozen and torch.is_grad_enabled()):
             features = model.encode(x)
+    return predictions_from_features(model, features, deep_supervision), tuple(x.shape[-2:])
+
+
+def predictions_from_features(model: EclipseModel, features, deep_supervision: bool = True) -> list[dict]:
+    """Decodes the group being learned from (mask_features, memories)."""
     mask_features, memories = features
     out = model.decode(mask_features, memories, group_ids=[model.num_steps])
     indices = range(out.num_predictions) if deep_supervision else [out.num_predictions - 1]
-    preds = [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]
-    return preds, tuple(x.shape[-2:])
+    return [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]
 
 
 def compute_loss(model: EclipseModel, criterion: SetCriterion, images: torch.Tensor, targets: list[dict], **kw):
