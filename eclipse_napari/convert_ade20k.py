@@ -47,9 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(args.root)
         if not root.is_dir():
             raise FileNotFoundError(f"ADE20K root folder not found: {root}")
-        for split in args.splits:  # every input folder is checked before any work starts
+        splits = list(dict.fromkeys(args.splits))
+        for split in splits:  # every input folder is checked before any work starts
             split_dirs(root, args.out, split)
-        for split in args.splits:
+        for split in splits:
             path = convert_ade20k_panoptic(root, args.out, split, workers=args.workers, progress=not args.quiet)
             print(f"{split}: wrote {path} and {path.with_suffix('')}/")
     except (ValueError, FileNotFoundError) as e:

@@ -13,7 +13,7 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Optional
+from typing import Any
 
 from ..datasets import COCO_83_ORDER, ade20k_categories, coco_panoptic_categories
 
@@ -147,7 +147,7 @@ def _validate(s: Scenario) -> None:
     if s.task not in TASKS:
         raise ValueError(f"{where}: task must be one of {TASKS}, got {s.task!r}")
     if not isinstance(s.class_order, tuple):
-        raise ValueError(f"{where}: class_order must be a tuple, got {type(s.class_order).__name__}")
+        raise TypeError(f"{where}: class_order must be a tuple, got {type(s.class_order).__name__}")
     bad = [c for c in s.class_order if isinstance(c, bool) or not isinstance(c, int) or c < 1]
     if bad:
         raise ValueError(f"{where}: class ids must be positive ints (0 is void), got {bad[:5]}")
@@ -211,7 +211,7 @@ def segments_by_image(panoptic_json: Mapping[str, Any]) -> dict:
     return {ann["image_id"]: list(ann["segments_info"]) for ann in panoptic_json["annotations"]}
 
 
-def eval_groups(scenario: Scenario, up_to_step: Optional[int] = None) -> dict[str, list[int]]:
+def eval_groups(scenario: Scenario, up_to_step: int | None = None) -> dict[str, list[int]]:
     """Learning ids for the PQ / mIoU summary after `up_to_step` (default: the last step):
     old = base classes, new = classes of steps 1..t, all = both."""
     step = scenario.num_steps if up_to_step is None else up_to_step
@@ -234,7 +234,7 @@ def _coco_order() -> tuple[int, ...]:
     return tuple(file_id[c] for c in COCO_83_ORDER)
 
 
-def _deltas(first: float, rest: float, steps: int, explicit: Optional[tuple] = None) -> tuple[float, ...]:
+def _deltas(first: float, rest: float, steps: int, explicit: tuple | None = None) -> tuple[float, ...]:
     return tuple(explicit) if explicit is not None else (first,) + (rest,) * steps
 
 
@@ -249,7 +249,8 @@ def _paper(name, dataset, task, order, base, inc, *, queries, prompts, it_base, 
 def _scene_ids_from_module() -> tuple[int, ...]:
     """Category ids of `model.data.scenes.SCENE_CATEGORIES`, or 1..24 when that is not available."""
     try:
-        from .scenes import SCENE_CATEGORIES  # lazy: written in parallel, may import this module
+        # Lazy: scenes.py may import this module, and this module must import without it.
+        from .scenes import SCENE_CATEGORIES
     except ImportError:
         return tuple(range(1, SCENE_CLASS_COUNT + 1))
     ids = []
@@ -266,10 +267,10 @@ def _scene_ids_from_module() -> tuple[int, ...]:
 def scene_scenario(
     num_base: int,
     increment: int,
-    category_ids: Optional[Sequence[int]] = None,
-    num_steps: Optional[int] = None,
-    name: Optional[str] = None,
-    prompts_per_step: Optional[int] = None,
+    category_ids: Sequence[int] | None = None,
+    num_steps: int | None = None,
+    name: str | None = None,
+    prompts_per_step: int | None = None,
 ) -> Scenario:
     """A scenario over generated-scene categories (identity order). `category_ids` default: the ids of
     `scenes.SCENE_CATEGORIES` (fallback 1..24). `num_steps` default: as many whole steps as fit; the

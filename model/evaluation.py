@@ -1,0 +1,134 @@
+"""Evaluation of a model on labelled images (PQ, mIoU) and the automatic choice of delta.
+
+Ground truth here uses the model's learning-order class ids (1-based, 0 = void): datasets convert once,
+through their scenario, before calling in.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .eclipse import EclipseModel, to_chw_tensor
+from .logit_manipulation import manipulate_logits
+from .metrics import PanopticQuality, SemanticIoU, panoptic_to_semantic
+from .postprocess import PanopticResult, panoptic_merge, resize_mask_logits
+
+
+@dataclass
+class LabelledImage:
+    image: np.ndarray | torch.Tensor  # [H,W,3] or [3,H,W], uint8
+    gt_ids: np.ndarray  # [H,W] segment ids, 0 = void
+    gt_segments: list[dict]  # {"id", "category_id" (learning id), "iscrowd"}
+
+
+@dataclass
+class RawPrediction:
+    """Decoder output before logit manipulation: enough to re-merge with other deltas cheaply."""
+
+    logits: torch.Tensor  # [Q, K+1] raw
+    mask_logits: torch.Tensor  # [Q, Hp/4, Wp/4]
+    padded_size: tuple[int, int]
+    image_size: tuple[int, int]
+
+
+@torch.no_grad()
+def predict_raw(model: EclipseModel, image) -> RawPrediction:
+    x, image_size = model.preprocess(to_chw_tensor(image)[None])
+    mask_features, memories = model.encode(x)
+    out = model.decode(mask_features, memories)
+    return RawPrediction(out.class_logits(-1)[0], out.mask_logits(mask_features)[0], tuple(x.shape[-2:]), image_size)
+
+
+def merge(model: EclipseModel, raw: RawPrediction, deltas: Sequence[float] | None = None,
+          object_threshold: float = 0.0, overlap_threshold: float = 0.0) -> PanopticResult:
+    """Panoptic result of a raw prediction with the given deltas (default: the model's)."""
+    groups = model.groups
+    deltas = model.deltas if deltas is None else list(deltas)
+    logits = manipulate_logits(
+        raw.logits[None], [g.num_queries for g in groups], [g.num_classes for g in groups], deltas
+    )[0]
+    masks = resize_mask_logits(raw.mask_logits, raw.padded_size, raw.image_size, raw.image_size)
+    is_thing = torch.tensor([c.is_thing for c in model.classes])
+    return panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
+
+
+def segments_as_dicts(result: PanopticResult) -> list[dict]:
+    return [{"id": s.id, "category_id": s.category_id} for s in result.segments]
+
+
+def evaluate(
+    model: EclipseModel,
+    images: Iterable[LabelledImage],
+    groups: dict[str, list[int]] | None = None,
+    semantic: bool = False,
+) -> dict:
+    """PQ (and mIoU when `semantic`) of `model` over labelled images, summarised per class group."""
+    categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
+    pq = PanopticQuality(categories)
+    miou = SemanticIoU(model.num_classes) if semantic else None
+    for n, item in enumerate(images):
+        result = merge(model, predict_raw(model, item.image))
+        pred_ids = result.panoptic_seg.numpy()
+        pq.update(item.gt_ids, item.gt_segments, pred_ids, segments_as_dicts(result), where=f"image {n}")
+        if miou is not None:
+            gt_sem = panoptic_to_semantic(item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
+            miou.update(gt_sem, result.semantic.numpy(), where=f"image {n}")
+    out = {"pq": pq.summary(groups), "pq_per_class": pq.compute(), "num_images": pq.num_images}
+    if miou is not None:
+        out["miou"] = miou.summary(groups)
+        out["iou_per_class"] = miou.compute()
+    return out
+
+
+def select_delta(
+    model: EclipseModel,
+    heldout: Sequence[LabelledImage],
+    reference: Sequence[PanopticResult],
+    candidates: Sequence[float] = (-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+) -> tuple[float, list[dict]]:
+    """Chooses the newest group's delta on held-out images of the step (labelled for its classes only).
+
+    Score = mean of (a) PQ of the new classes against the held-out labels (pixels without a label are
+    void, so old-class predictions there are not penalised) and (b) PQ of the old classes against
+    `reference`, the previous model's own predictions on the same images with new-class pixels voided:
+    the new step should find its classes without disturbing what the model already said elsewhere.
+    Needs no old-class labels, as in the continual protocol. Returns the delta and a table of scores.
+    """
+    if not heldout:
+        raise ValueError("delta selection needs at least one held-out image")
+    new_ids = set(model.class_ids(model.num_steps))
+    categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
+    raws = [predict_raw(model, item.image) for item in heldout]
+    table = []
+    for delta in candidates:
+        deltas = model.deltas[:-1] + [float(delta)]
+        new_pq, old_pq = PanopticQuality(categories), PanopticQuality(categories)
+        for item, raw, ref in zip(heldout, raws, reference):
+            result = merge(model, raw, deltas)
+            pred_ids = result.panoptic_seg.numpy()
+            pred_new = _only(pred_ids, segments_as_dicts(result), new_ids, keep=True)
+            new_pq.update(item.gt_ids, item.gt_segments, *pred_new)
+            labelled_new = np.isin(item.gt_ids, [s["id"] for s in item.gt_segments])
+            ref_ids = np.where(labelled_new, 0, ref.panoptic_seg.numpy())
+            ref_segments = [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]
+            old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments_as_dicts(result), new_ids, keep=False))
+        score_new = _mean_pq(new_pq, sorted(new_ids))
+        score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
+        table.append({"delta": float(delta), "pq_new": score_new, "pq_old_consistency": score_old,
+                      "score": (score_new + score_old) / 2})
+    best = max(table, key=lambda row: row["score"])
+    return best["delta"], table
+
+
+def _only(ids: np.ndarray, segments: list[dict], class_ids: set, keep: bool) -> tuple[np.ndarray, list[dict]]:
+    """Keeps (or drops) the segments of the given classes; dropped pixels become void."""
+    kept = [s for s in segments if (s["category_id"] in class_ids) == keep]
+    mask = np.isin(ids, [s["id"] for s in kept])
+    return np.where(mask, ids, 0), kept
+
+
+def _mean_pq(pq: PanopticQuality, class_ids: list[int]) -> float:
+    summary = pq.summary({"selected": class_ids})["selected"]
+    return 0.0 if summary.n == 0 or np.isnan(summary.pq) else float(summary.pq)
