@@ -254,7 +254,9 @@ def apply_params(
         return out, None
     masks, labels = target["masks"].bool(), target["labels"]
     packed = _pack(masks)
-    if packed is not None:
+    if len(masks) == 0:
+        new_masks = torch.zeros((0, *out.shape[-2:]), dtype=torch.bool)
+    elif packed is not None:
         new_masks = _unpack(_geometry(tv_tensors.Mask(packed), params, True, 0).as_subclass(torch.Tensor), len(masks))
     else:
         new_masks = _geometry(tv_tensors.Mask(masks), params, True, 0).as_subclass(torch.Tensor).bool()

@@ -1,0 +1,58 @@
+"""What the engine trains on: a panoptic dataset seen through a scenario step and an augmentation."""
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from ..evaluation import LabelledImage
+from .coco_panoptic import PanopticDataset, build_targets
+from .scenarios import Scenario
+from .transforms import AugmentConfig, TrainTransform, image_to_tensor
+
+
+class StepTrainingSet:
+    """`sample(index, augmentation_seed)` -> (uint8 [3,H,W], {"labels", "masks"}) in learning-order ids.
+
+    keep: dataset category ids whose segments are kept (ECLIPSE: the current step's classes only; the
+    other segments are deleted, so their pixels have no target). None keeps every class the scenario
+    knows up to `up_to_step`.
+    """
+
+    def __init__(
+        self,
+        dataset: PanopticDataset,
+        scenario: Scenario,
+        augment: AugmentConfig | None,
+        keep: Iterable[int] | None = None,
+    ):
+        self.dataset, self.scenario = dataset, scenario
+        self.class_of = scenario.class_of
+        self.keep = frozenset(keep) if keep is not None else frozenset(self.class_of)
+        self.transform = TrainTransform(augment) if augment is not None else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, index: int, augmentation_seed: int) -> tuple[torch.Tensor, dict]:
+        item = self.dataset[index]
+        target = build_targets(item, self.class_of, self.keep)
+        image = image_to_tensor(item.image)
+        if self.transform is not None:
+            image, target = self.transform.apply(image, target, augmentation_seed)
+        return image, target
+
+
+def labelled_images(dataset: PanopticDataset, scenario: Scenario, keep: Iterable[int] | None = None):
+    """Evaluation view: ground truth in learning ids; segments of classes outside `keep` (default: all
+    the scenario's classes) become void."""
+    class_of = scenario.class_of
+    keep = frozenset(keep) if keep is not None else frozenset(class_of)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        kept = [s for s in item.segments if s["category_id"] in keep]
+        ids = np.where(np.isin(item.id_map, [s["id"] for s in kept]), item.id_map, 0)
+        segments = [
+            {"id": s["id"], "category_id": class_of[s["category_id"]], "iscrowd": s.get("iscrowd", 0)} for s in kept
+        ]
+        yield LabelledImage(item.image, ids, segments)
