@@ -63,11 +63,17 @@ def evaluate(
     images: Iterable[LabelledImage],
     groups: dict[str, list[int]] | None = None,
     semantic: bool = False,
+    categories: dict[int, bool] | None = None,
 ) -> dict:
-    """PQ (and mIoU when `semantic`) of `model` over labelled images, summarised per class group."""
-    categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
+    """PQ (and mIoU when `semantic`) of `model` over labelled images, summarised per class group.
+
+    categories: learning id -> is_thing of every class the ground truth may hold (default: the model's);
+    classes the model has not learned yet still count, as false negatives.
+    """
+    if categories is None:
+        categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
     pq = PanopticQuality(categories)
-    miou = SemanticIoU(model.num_classes) if semantic else None
+    miou = SemanticIoU(max(categories)) if semantic else None
     for n, item in enumerate(images):
         result = merge(model, predict_raw(model, item.image))
         pred_ids = result.panoptic_seg.numpy()

@@ -108,7 +108,7 @@ def test_grey_and_rgba_images_become_rgb(tmp_path, mode):
 
 
 def test_missing_area_and_bbox_are_filled_from_pixels(dataset):
-    car = [g for g in dataset[1].segments if g["id"] == 4][0]
+    car = next(g for g in dataset[1].segments if g["id"] == 4)
     assert car["iscrowd"] == 0 and car["area"] == 6 and car["bbox"] == [1, 1, 3, 2]
 
 

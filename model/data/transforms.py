@@ -11,7 +11,8 @@ masks). The pipeline follows Mask2Former's dataset mapper: resize, crop, colour 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

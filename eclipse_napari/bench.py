@@ -1,0 +1,172 @@
+"""Reproduce the continual panoptic benchmark headless.
+
+    python -m eclipse_napari.bench                       # generated scenes, shipped base model, CPU
+    python -m eclipse_napari.bench --scenario ade-panoptic-100-5 --data-root DATA --base MODEL_DIR --device cuda
+    torchrun --nproc_per_node=4 -m eclipse_napari.bench --scenario ...        # several GPUs / processes
+    python -m eclipse_napari.bench --eval-only MODEL_DIR                      # evaluate a saved model
+
+Prints a paper-style table (PQ old / new / all after the last step per method, cost per step), and
+writes results.json, results.txt, pq_per_step.png and the trained models into --out.
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .bench_report import format_table, plot_pq, results_json
+from .bench_setup import (
+    default_output_dir,
+    ensure_scene_data,
+    load_base_model,
+    open_datasets,
+    setup_distributed,
+    train_base_model,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.data.scenarios import DEFAULT_SCENE_SCENARIO
+
+    p = argparse.ArgumentParser(prog="python -m eclipse_napari.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", default=DEFAULT_SCENE_SCENARIO, help="scenario name (--list shows them)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="dataset folder (ADE20K/COCO in COCO-panoptic format; generated scenes are made here "
+                        "when missing; default for scenes: a cache folder)")
+    p.add_argument("--base", type=Path, default=None, help="base model folder (default: the shipped one for scenes)")
+    p.add_argument("--train-base", action="store_true", help="train the base model (step 0) first")
+    p.add_argument("--base-iterations", type=int, default=None, help="step-0 iterations (default: the scenario's)")
+    p.add_argument("--backbone", default=None, help="backbone for --train-base (default: the scenario's)")
+    p.add_argument("--methods", nargs="+", default=["eclipse", "finetune", "joint"])
+    p.add_argument("--iterations", type=int, default=None, help="iterations per step (default: the scenario's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--delta", default="auto", help="'auto' (chosen on held-out images), 'paper', or a number")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--max-eval-images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-only", type=Path, default=None, metavar="MODEL_DIR", help="only evaluate this model")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench-<scenario>)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from model.benchmark import BenchSettings, ContinualBenchmark
+    from model.checkpoint_io import CheckpointError
+    from model.checkpoints import save_model
+    from model.data.scenarios import get_scenario, scenario_table
+    from model.data.transforms import scenes as scenes_augment
+
+    if args.list:
+        print(scenario_table())
+        return 0
+    try:
+        scenario = get_scenario(args.scenario)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = setup_distributed(device)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    out = args.out or default_output_dir(scenario)
+    try:
+        root = args.data_root
+        if scenario.dataset == "scenes":
+            root = ensure_scene_data(root, rank, log)
+        elif root is None:
+            raise ValueError(f"{scenario.name} needs --data-root (the {scenario.dataset} dataset in COCO-panoptic format)")
+        train_set, val_set = open_datasets(scenario, root)
+        if args.eval_only is not None:
+            return _eval_only(args, scenario, train_set, val_set, device, log)
+        settings = BenchSettings(
+            iterations_per_step=args.iterations or scenario.iterations_per_step,
+            batch_size=args.batch_size or scenario.batch_size,
+            step_lr=scenario.step_lr,
+            finetune_lr=scenario.base_lr,
+            prompts_per_step=scenario.prompts_per_step,
+            delta=args.delta,
+            augment=scenes_augment() if scenario.dataset == "scenes" else None,
+            seed=args.seed,
+            device=device,
+            max_eval_images=args.max_eval_images,
+        )
+        if args.train_base:
+            base = train_base_model(scenario, train_set, args, device, out / "base", log, rank)
+        else:
+            base = load_base_model(args.base, scenario, train_set)
+        base = base.to(device)
+        bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log, progress=_progress_bar(rank))
+        start = time.perf_counter()
+        results = bench.run(base, args.methods)
+        results["seconds"] = time.perf_counter() - start
+        if "eclipse" in results["models"] and args.delta != "paper":
+            fixed = copy.deepcopy(results["models"]["eclipse"])
+            fixed.set_deltas(list(scenario.deltas[: fixed.num_steps + 1]))
+            results["eclipse_paper_deltas"] = bench.evaluate(fixed, scenario.num_steps)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for method, model in results["models"].items():
+            save_model(model, out / method)
+        data = results_json(scenario, settings, results, world)
+        from model.atomic_io import atomic_write_json, atomic_write_text
+
+        atomic_write_json(out / "results.json", data, sort_keys=False)
+        table = format_table(data)
+        atomic_write_text(out / "results.txt", table + "\n")
+        plot_pq(data, out / "pq_per_step.png")
+        print()
+        print(table)
+        print(f"\nwrote {out / 'results.json'}, {out / 'results.txt'}, {out / 'pq_per_step.png'} and the models")
+    return 0
+
+
+def _eval_only(args, scenario, train_set, val_set, device, log) -> int:
+    from model.benchmark import BenchSettings, ContinualBenchmark
+    from model.checkpoints import load_model
+
+    model = load_model(args.eval_only, device)
+    settings = BenchSettings(0, 1, 0.0, 0.0, 1, device=device, max_eval_images=args.max_eval_images)
+    bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log)
+    pq = bench.evaluate(model, min(model.num_steps, scenario.num_steps))
+    log(json.dumps({"model": str(args.eval_only), "steps": model.num_steps, "pq": pq}, indent=2))
+    return 0
+
+
+def _progress_bar(rank: int):
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    bars = {}
+
+    def update(p) -> None:
+        key = (p.step, p.total)
+        bar = bars.get(key)
+        if bar is None:
+            bar = bars[key] = tqdm(total=p.total, desc=f"step {p.step}", leave=False, file=sys.stderr)
+        bar.n = p.iteration
+        bar.set_postfix(loss=f"{p.loss:.3f}", refresh=False)
+        bar.refresh()
+        if p.state != "running":
+            bar.close()
+            bars.pop(key, None)
+
+    return update
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
