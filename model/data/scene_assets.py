@@ -8,7 +8,7 @@ Colours are float32 RGB in 0..255; grey textures are float32 in 0..1.
 from __future__ import annotations
 
 import colorsys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -28,13 +28,12 @@ PALETTES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float,
     "neutral": ((0, 360), (0.0, 0.12), (0.2, 0.95)),
     "brown": ((15, 38), (0.35, 0.75), (0.2, 0.55)),
 }
-TEXTURE_SOURCES = ("brick", "grass", "gravel", "moon", "cell", "camera", "text")
 
 
 # ---------------------------------------------------------------- bundled images and resizing
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundled(name: str) -> np.ndarray:
     """A scikit-image bundled image (read-only array), loaded once."""
     from skimage import data
@@ -44,7 +43,7 @@ def bundled(name: str) -> np.ndarray:
     return arr
 
 
-@lru_cache(maxsize=None)
+@cache
 def gray_texture(name: str) -> np.ndarray:
     """A bundled image as float32 [H, W] in [0, 1], its 1st..99th percentiles stretched to 0..1."""
     img = bundled(name).astype(np.float32)
@@ -207,7 +206,7 @@ def stuff_sand(rng: Rng, h: int, w: int) -> np.ndarray:
 def stuff_wood(rng: Rng, h: int, w: int) -> np.ndarray:
     dark = hsv(rng, (12, 35), (0.5, 0.85), (0.15, 0.4))
     light = hsv(rng, (18, 42), (0.35, 0.75), (0.5, 0.85))
-    stretch = fbm(rng, w, h, 3.0, 3, aspect=rng.uniform(0.05, 0.15)).T  # streaks along y before transposing
+    stretch = fbm(rng, h, w, 3.0, 3, aspect=rng.uniform(0.05, 0.15))  # streaks along y
     x = np.arange(w, dtype=np.float32)[None, :] * np.float32(256 / max(h, w))
     plank_w = rng.uniform(28, 70)
     plank = np.floor(x / plank_w)
@@ -229,6 +228,55 @@ STUFF_RENDERERS = {
 }  # fmt: skip
 
 
+# ---------------------------------------------------------------- shapes (unit coordinates, radius ~1)
+
+
+def _ellipse(rx: float = 1.0, ry: float = 1.0, cx: float = 0.0, n: int = 48) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + rx * np.cos(t), ry * np.sin(t)], axis=1)
+
+
+def _star(n: int, r_in: float) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False) - np.pi / 2
+    r = np.where(np.arange(2 * n) % 2 == 0, 1.0, r_in)
+    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
+def shape_polygons(rng: Rng, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(filled polygons, holes) as [N, 2] (x, y) vertex arrays for a procedural shape class."""
+    if name == "disc":
+        return [_ellipse()], []
+    if name == "ellipse":
+        return [_ellipse(ry=rng.uniform(0.4, 0.65))], []
+    if name == "ring":
+        r = rng.uniform(0.45, 0.7)
+        return [_ellipse()], [_ellipse(r, r)]
+    if name == "triangle":
+        return [_star(3, 0.5)[::2] + rng.uniform(-0.08, 0.08, (3, 2))], []
+    if name == "star":
+        return [_star(6 if rng.random() < 0.3 else 5, rng.uniform(0.38, 0.5))], []
+    if name == "hexagon":
+        return [_star(6, 1.0)[::2]], []
+    if name == "cross":
+        a = rng.uniform(0.28, 0.42)
+        quarter, turn = np.array([[-a, -1], [a, -1], [a, -a]]), np.array([[0, -1], [1, 0]])
+        return [np.concatenate([quarter @ np.linalg.matrix_power(turn, k).T for k in range(4)])], []
+    if name == "frame":
+        sy, b = rng.uniform(0.75, 1.0), rng.uniform(0.2, 0.32)
+        outer = np.array([[-1, -sy], [1, -sy], [1, sy], [-1, sy]]) * 0.85
+        return [outer], [outer * [(0.85 - b) / 0.85, (0.85 * sy - b) / (0.85 * sy)]]
+    if name == "arrow":
+        w, hw, x = rng.uniform(0.15, 0.25), rng.uniform(0.45, 0.65), rng.uniform(0.0, 0.35)
+        return [np.array([[-1, -w], [x, -w], [x, -hw], [1, 0], [x, hw], [x, w], [-1, w]])], []
+    if name == "crescent":
+        return [_ellipse()], [_ellipse(rng.uniform(0.75, 0.95), rng.uniform(0.75, 0.95), rng.uniform(0.35, 0.55))]
+    if name == "heart":
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        x, y = 16 * np.sin(t) ** 3, 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+        return [np.stack([x, -y - 2.5], axis=1) / 16.5], []
+    raise KeyError(f"unknown shape {name!r}")
+
+
 # ---------------------------------------------------------------- fills for procedural things
 
 
@@ -240,7 +288,8 @@ def thing_fill(rng: Rng, kind: str, palettes: tuple[str, ...], u: np.ndarray, v:
     if kind == "stripes":
         t = (np.sin((u + 0.3 * v * rng.uniform(-1, 1)) * np.pi / period) > 0).astype(np.float32)
     elif kind == "dots":
-        t = ((((u / period) % 1 - 0.5) ** 2 + ((v / period) % 1 - 0.5) ** 2) < rng.uniform(0.04, 0.12)).astype(np.float32)
+        d2 = ((u / period) % 1 - 0.5) ** 2 + ((v / period) % 1 - 0.5) ** 2
+        t = (d2 < rng.uniform(0.04, 0.12)).astype(np.float32)
     elif kind == "checker":
         t = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     elif kind == "grain":
@@ -260,14 +309,14 @@ def thing_fill(rng: Rng, kind: str, palettes: tuple[str, ...], u: np.ndarray, v:
 # ---------------------------------------------------------------- image sprites (source frame)
 
 
-@lru_cache(maxsize=None)
+@cache
 def coin_patches() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """(grey 0..1, mask) for each coin of skimage's `coins`, found by thresholding."""
     from skimage.filters import threshold_otsu
 
     g = bundled("coins").astype(np.float32)
     fg = ndimage.binary_fill_holes(ndimage.binary_opening(g > threshold_otsu(g), iterations=2))
-    labels, n = ndimage.label(fg)
+    labels, _ = ndimage.label(fg)
     grey = gray_texture("coins")
     out = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -277,7 +326,7 @@ def coin_patches() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     return tuple(out)
 
 
-def ellipse_crop(img: np.ndarray, cy: float, cx: float, ry: float, rx: float, step: int) -> tuple[np.ndarray, np.ndarray]:
+def ellipse_crop(img: np.ndarray, cy: float, cx: float, ry: float, rx: float, step: int) -> tuple[np.ndarray, ...]:
     """An elliptical cut-out (rgb float32, mask) of a bundled RGB image, subsampled by `step`."""
     y0, y1 = int(max(cy - ry, 0)), int(min(cy + ry, img.shape[0]))
     x0, x1 = int(max(cx - rx, 0)), int(min(cx + rx, img.shape[1]))
@@ -287,24 +336,24 @@ def ellipse_crop(img: np.ndarray, cy: float, cx: float, ry: float, rx: float, st
     return rgb, mask
 
 
-@lru_cache(maxsize=None)
+@cache
 def cat_source() -> tuple[np.ndarray, np.ndarray]:
     return ellipse_crop(bundled("chelsea"), 150, 222, 148, 185, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def cup_source() -> tuple[np.ndarray, np.ndarray]:
     return ellipse_crop(bundled("coffee"), 226, 278, 160, 202, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def horse_mask() -> np.ndarray:
     m = ~bundled("horse")[::2, ::2]
     ys, xs = np.nonzero(m)
     return m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def rocket_source() -> tuple[np.ndarray, np.ndarray]:
     """A rocket: the body of skimage's `rocket` on a polygon silhouette with fins."""
     from skimage.draw import polygon
