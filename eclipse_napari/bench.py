@@ -19,9 +19,13 @@ from pathlib import Path
 
 from .bench_report import format_table, plot_pq, results_json
 from .bench_setup import (
+    SCENES_SIZE,
+    SCENES_TRAIN,
+    SCENES_VAL,
     default_output_dir,
     ensure_scene_data,
     load_base_model,
+    loss_points,
     open_datasets,
     setup_distributed,
     train_base_model,
@@ -38,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None,
                    help="dataset folder (ADE20K/COCO in COCO-panoptic format; generated scenes are made here "
                         "when missing; default for scenes: a cache folder)")
+    p.add_argument("--scenes", type=int, nargs=2, default=None, metavar=("TRAIN", "VAL"),
+                   help="number of generated scenes to make when they are missing (default 1500 200)")
+    p.add_argument("--scenes-size", type=int, default=None, help="side of generated scenes (default 256)")
     p.add_argument("--base", type=Path, default=None, help="base model folder (default: the shipped one for scenes)")
     p.add_argument("--train-base", action="store_true", help="train the base model (step 0) first")
+    p.add_argument("--base-only", action="store_true", help="with --train-base: stop after the base model")
     p.add_argument("--base-iterations", type=int, default=None, help="step-0 iterations (default: the scenario's)")
     p.add_argument("--backbone", default=None, help="backbone for --train-base (default: the scenario's)")
     p.add_argument("--methods", nargs="+", default=["eclipse", "finetune", "joint"])
@@ -83,7 +91,8 @@ def main(argv=None) -> int:
     try:
         root = args.data_root
         if scenario.dataset == "scenes":
-            root = ensure_scene_data(root, rank, log)
+            counts = args.scenes or (SCENES_TRAIN, SCENES_VAL)
+            root = ensure_scene_data(root, rank, log, *counts, size=args.scenes_size or SCENES_SIZE)
         elif root is None:
             raise ValueError(f"{scenario.name} needs --data-root (the {scenario.dataset} dataset in COCO-panoptic format)")
         train_set, val_set = open_datasets(scenario, root)
@@ -100,9 +109,13 @@ def main(argv=None) -> int:
             seed=args.seed,
             device=device,
             max_eval_images=args.max_eval_images,
+            num_points=loss_points(scenario.dataset),
         )
         if args.train_base:
             base = train_base_model(scenario, train_set, args, device, out / "base", log, rank)
+            if args.base_only:
+                log(f"base model saved to {out / 'base'}")
+                return 0
         else:
             base = load_base_model(args.base, scenario, train_set)
         base = base.to(device)

@@ -12,6 +12,11 @@ SCENES_TRAIN, SCENES_VAL, SCENES_SIZE, SCENES_SEED = 1500, 200, 256, 0
 SHIPPED_BASE = "scenes_base"  # eclipse_napari/models/<this>: the default base model
 
 
+def loss_points(dataset: str) -> int:
+    """Points per mask for the losses: the paper's 12,544, fewer for 256x256 scenes (64x64 mask logits)."""
+    return 3136 if dataset == "scenes" else 12544
+
+
 def default_output_dir(scenario) -> Path:
     return Path("runs") / f"bench-{scenario.name}"
 
@@ -33,16 +38,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def ensure_scene_data(root: Path | None, rank: int, log) -> Path:
+def ensure_scene_data(root: Path | None, rank: int, log, num_train: int = SCENES_TRAIN, num_val: int = SCENES_VAL,
+                      size: int = SCENES_SIZE) -> Path:
     """Generates the scenes once (deterministic) into `root` or a cache folder, and returns it."""
     from model.data.scenes import write_scenes
 
     if root is None:
         cache = Path(os.environ.get("ECLIPSE_NAPARI_DATA", Path.home() / ".cache" / "eclipse-napari"))
-        root = cache / f"{SCENES_VERSION}-{SCENES_SIZE}-seed{SCENES_SEED}"
+        suffix = "" if (num_train, num_val) == (SCENES_TRAIN, SCENES_VAL) else f"-{num_train}-{num_val}"
+        root = cache / f"{SCENES_VERSION}-{size}-seed{SCENES_SEED}{suffix}"
     if rank == 0 and not (root / "scenes_val.json").exists():
-        log(f"generating {SCENES_TRAIN} + {SCENES_VAL} scenes into {root} (once)")
-        write_scenes(root, SCENES_TRAIN, SCENES_VAL, seed=SCENES_SEED, size=SCENES_SIZE,
+        log(f"generating {num_train} + {num_val} scenes into {root} (once)")
+        write_scenes(root, num_train, num_val, seed=SCENES_SEED, size=size,
                      workers=max(1, min(4, os.cpu_count() or 1)))
     _barrier()
     return root
@@ -104,14 +111,20 @@ def train_base_model(scenario, train_set, args, device, out: Path, log, rank):
     from model.benchmark import class_specs
     from model.build import build_model
     from model.checkpoints import save_model
-    from model.config import default_config, paper_config
+    from model.config import default_config, paper_config, tiny_config
     from model.data.scenarios import select_step_images, step_keep_ids
     from model.data.training_set import StepTrainingSet
     from model.data.transforms import scenes as scenes_augment
     from model.engine import TrainConfig, train
+    from model.training import LossConfig
 
     backbone = args.backbone or scenario.backbone
-    config = default_config() if backbone == "efficientnet_lite0" else paper_config(backbone)
+    if backbone == "efficientnet_lite0":
+        config = default_config()
+    elif backbone == "tiny":
+        config = tiny_config()  # for quick checks and tests
+    else:
+        config = paper_config(backbone)
     config = replace(config, num_queries=scenario.num_queries)
     weights = "random" if backbone.startswith("resnet") else None
     names, things, colors = class_specs(train_set, scenario, 0)
@@ -124,7 +137,8 @@ def train_base_model(scenario, train_set, args, device, out: Path, log, rank):
     iterations = args.base_iterations or scenario.iterations_base
     log(f"training the base model: {backbone}, {len(names)} classes, {len(images)} images, {iterations} iterations")
     train_config = TrainConfig(iterations=iterations, batch_size=args.batch_size or scenario.batch_size,
-                               lr=scenario.base_lr, seed=args.seed, augment_variants=0, checkpoint_every=200)
+                               lr=scenario.base_lr, seed=args.seed, augment_variants=0, checkpoint_every=200,
+                               loss=LossConfig(num_points=loss_points(scenario.dataset)))
     out.mkdir(parents=True, exist_ok=True)
     from .bench import _progress_bar
 

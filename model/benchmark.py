@@ -24,6 +24,7 @@ from .data.training_set import StepTrainingSet, labelled_images
 from .data.transforms import AugmentConfig
 from .eclipse import EclipseModel
 from .engine import Progress, TrainConfig, train
+from .training import LossConfig
 from .evaluation import LabelledImage, evaluate, merge, predict_raw, select_delta
 
 METHODS = ("eclipse", "finetune", "joint")
@@ -43,6 +44,7 @@ class BenchSettings:
     seed: int = 0
     device: str = "cpu"
     max_eval_images: int | None = None
+    num_points: int = 12544  # points per mask for the losses
 
 
 @dataclass
@@ -108,6 +110,7 @@ class ContinualBenchmark:
         data = StepTrainingSet(self.train_set.subset(image_ids), self.scenario, s.augment, keep)
         config = TrainConfig(
             iterations=iterations, batch_size=s.batch_size, lr=lr, seed=s.seed, cache_mb=s.cache_mb,
+            loss=LossConfig(num_points=s.num_points),
         )
         return train(model, data, config, device=s.device, callback=self.progress)
 

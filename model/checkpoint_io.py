@@ -163,10 +163,13 @@ def _read_header(path: Path, size: int) -> dict:
     garbage = f"{path}: not a safetensors file (unreadable header: {{}}); the file is corrupted or of another format"
     truncated = f"{path}: the file is truncated ({{}}); it was probably cut off while writing or copying, re-save or re-copy it"
     with open(path, "rb") as f:
-        prefix = f.read(8)
+        prefix = f.read(9)
         if size == 0:
             raise CheckpointError(f"{path}: the file is empty (0 bytes); it is truncated, re-save or re-copy it")
-        _refuse_pickle(path, prefix)
+        # A safetensors header length may well start with byte 0x80; its JSON header always starts with "{".
+        if prefix[8:9] != b"{":
+            _refuse_pickle(path, prefix)
+        prefix = prefix[:8]
         if size < 8:
             raise CheckpointError(truncated.format(f"only {size} bytes, shorter than the 8-byte header length"))
         n = int.from_bytes(prefix, "little")
@@ -174,6 +177,7 @@ def _read_header(path: Path, size: int) -> dict:
             raise CheckpointError(garbage.format(f"implausible header length {n}"))
         if 8 + n > size:
             raise CheckpointError(truncated.format(f"header needs {8 + n} bytes, file has {size}"))
+        f.seek(8)
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .eclipse import EclipseModel, to_chw_tensor
+from .eclipse import DEFAULT_STEP_DELTA, EclipseModel, to_chw_tensor
 from .logit_manipulation import manipulate_logits
 from .metrics import PanopticQuality, SemanticIoU, panoptic_to_semantic
 from .postprocess import PanopticResult, panoptic_merge, resize_mask_logits
@@ -124,7 +124,8 @@ def select_delta(
         score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
         table.append({"delta": float(delta), "pq_new": score_new, "pq_old_consistency": score_old,
                       "score": (score_new + score_old) / 2})
-    best = max(table, key=lambda row: row["score"])
+    # Ties (e.g. nothing found yet) go to the delta closest to the published default.
+    best = max(table, key=lambda row: (row["score"], -abs(row["delta"] - DEFAULT_STEP_DELTA)))
     return best["delta"], table
 
 

@@ -326,3 +326,16 @@ def test_atomic_write_helpers(tmp_path):
         umask = os.umask(0)
         os.umask(umask)
         assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """Regression: a safetensors file whose 8-byte header length begins with byte 0x80 (pickle's PROTO)."""
+    path = tmp_path / "x.safetensors"
+    for pad in range(300):
+        save_tensor_file(path, {"w": torch.ones(3)}, "eclipse-step", {"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("could not produce a header length whose first byte is 0x80")
+    tensors, meta = load_tensor_file(path, kind="eclipse-step")
+    assert torch.equal(tensors["w"], torch.ones(3)) and meta["pad"].startswith("x")

@@ -1,0 +1,63 @@
+"""`python -m eclipse_napari.bench` end to end on a tiny generated dataset, alone and under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eclipse_napari.bench import main
+from model.checkpoints import load_model
+
+TINY = ["--scenes", "24", "6", "--scenes-size", "64", "--backbone", "tiny", "--base-iterations", "3",
+        "--iterations", "2", "--batch-size", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scenes")
+
+
+def test_bench_end_to_end(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--data-root", str(data_root), "--train-base", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "ECLIPSE (delta auto)" in printed and "finetune" in printed and "joint" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["scenario"] == "scenes-16-8" and data["world_size"] == 1
+    assert set(data["methods"]) == {"eclipse", "finetune", "joint"}
+    eclipse, finetune = data["methods"]["eclipse"][-1], data["methods"]["finetune"][-1]
+    assert eclipse["trainable_parameters"] < finetune["trainable_parameters"] / 5
+    assert len(eclipse["deltas"]) == 2 and eclipse["delta_table"], "delta is chosen automatically"
+    for group in ("old", "new", "all"):
+        assert group in eclipse["pq"]
+    assert (out / "pq_per_step.png").stat().st_size > 1000
+    assert (out / "results.txt").read_text().startswith("scenes-16-8")
+    model = load_model(out / "eclipse")
+    assert model.num_steps == 1 and model.num_classes == 24
+    # Evaluate a saved model.
+    assert main(["--data-root", str(data_root), "--eval-only", str(out / "eclipse"), "--max-eval-images", "2"]) == 0
+    assert '"steps": 1' in capsys.readouterr().out
+
+
+def test_bench_refuses_bad_requests(data_root, tmp_path, capsys):
+    assert main(["--scenario", "nope-1-2"]) == 1
+    assert "unknown scenario" in capsys.readouterr().err
+    assert main(["--scenario", "ade-panoptic-100-5", "--out", str(tmp_path)]) == 1
+    assert "--data-root" in capsys.readouterr().err
+
+
+def test_bench_under_torchrun_with_two_gloo_processes(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "eclipse_napari.bench", "--data-root", str(data_root), "--train-base", "--device", "cpu",
+           "--methods", "eclipse", "--out", str(out), *TINY]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["world_size"] == 2 and list(data["methods"]) == ["eclipse"]
+    assert run.stdout.count("ECLIPSE (delta auto)") == 1, "only rank 0 reports"
