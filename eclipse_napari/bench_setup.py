@@ -94,6 +94,8 @@ def load_base_model(path: Path | None, scenario, train_set):
         if scenario.dataset != "scenes":
             raise ValueError(f"{scenario.name}: give the step-0 model with --base, or train it with --train-base")
         path = shipped_base_path()
+        if not (path / "model.json").exists():
+            raise ValueError(f"the shipped base model is missing from {path}; train one with --train-base")
     model = load_model(path)
     names, _, _ = class_specs(train_set, scenario, 0)
     if model.num_steps or [c.name for c in model.classes] != names:
