@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--max-eval-images", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: finished steps are reloaded, an unfinished one "
+                        "continues from its last saved training state")
     p.add_argument("--eval-only", type=Path, default=None, metavar="MODEL_DIR", help="only evaluate this model")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench-<scenario>)")
     return p
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
         else:
             base = load_base_model(args.base, scenario, train_set)
         base = base.to(device)
-        bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log, progress=_progress_bar(rank))
+        bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log, progress=_progress_bar(rank),
+                                   out_dir=out, resume=args.resume)
         start = time.perf_counter()
         results = bench.run(base, args.methods)
         results["seconds"] = time.perf_counter() - start

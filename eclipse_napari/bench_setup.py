@@ -145,7 +145,7 @@ def train_base_model(scenario, train_set, args, device, out: Path, log, rank):
     from .bench import _progress_bar
 
     train(model, data, train_config, device=device, callback=_progress_bar(rank),
-          state_path=out / "train_state.pt", resume=True)
+          state_path=out / "train_state.pt", resume=args.resume)
     if rank == 0:
         save_model(model, out)
     _barrier()

@@ -9,15 +9,20 @@ Methods (same iterations and batch per step):
 """
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from .atomic_io import atomic_write_json
 from .baselines import extend_base_classes
+from .checkpoints import load_model, save_model
 from .data.coco_panoptic import PanopticDataset
 from .data.scenarios import Scenario, eval_groups, select_step_images, step_keep_ids
 from .data.training_set import StepTrainingSet, labelled_images
@@ -87,9 +92,14 @@ class ContinualBenchmark:
         settings: BenchSettings,
         log: Callable[[str], None] = print,
         progress: Callable[[Progress], None] | None = None,
+        out_dir: Path | None = None,
+        resume: bool = False,
     ):
+        """out_dir: where every finished step is saved (model + record) with the resumable training state;
+        resume: skip steps already finished there and continue an interrupted one."""
         self.scenario, self.train_set, self.val_set, self.settings = scenario, train_set, val_set, settings
         self.log, self.progress = log, progress
+        self.out_dir, self.resume = (Path(out_dir) if out_dir is not None else None), resume
         annotations = {i: train_set.annotation(i) for i in train_set.image_ids}
         self.step_images = {t: select_step_images(annotations, scenario, t) for t in range(scenario.num_steps + 1)}
         ids = list(val_set.image_ids)
@@ -105,14 +115,38 @@ class ContinualBenchmark:
             return _summary(evaluate(model, self.val, eval_groups(self.scenario, step), categories=self.categories))
 
     # ----------------------------------------------------------------- one step of one method
-    def _train(self, model, image_ids, keep, iterations, lr) -> tuple:
+    # ----------------------------------------------------------------- checkpoints after each step
+    def _step_dir(self, method: str, step: int) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "steps" / f"{method}_step{step:03d}"
+
+    def _resumed(self, method: str, step: int):
+        d = self._step_dir(method, step)
+        if not self.resume or d is None or not (d / "record.json").exists():
+            return None
+        self.log(f"{method} step {step}: resumed from {d}")
+        record = StepRecord(**json.loads((d / "record.json").read_text()))
+        return load_model(d, self.settings.device), record
+
+    def _finish(self, method: str, model: EclipseModel, record: StepRecord) -> StepRecord:
+        d = self._step_dir(method, record.step)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if d is not None and rank == 0:
+            save_model(model, d)
+            atomic_write_json(d / "record.json", asdict(record), sort_keys=False)
+        return record
+
+    def _train(self, model, image_ids, keep, iterations, lr, method: str, step: int) -> tuple:
         s = self.settings
         data = StepTrainingSet(self.train_set.subset(image_ids), self.scenario, s.augment, keep)
         config = TrainConfig(
             iterations=iterations, batch_size=s.batch_size, lr=lr, seed=s.seed, cache_mb=s.cache_mb,
             loss=LossConfig(num_points=s.num_points),
         )
-        return train(model, data, config, device=s.device, callback=self.progress)
+        state = None if self.out_dir is None else self.out_dir / "steps" / f"{method}_step{step:03d}_train_state.pt"
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+        return train(model, data, config, device=s.device, callback=self.progress, state_path=state,
+                     resume=self.resume)
 
     def _heldout(self, step: int) -> tuple[list, list[LabelledImage]]:
         images = list(self.step_images[step])
@@ -130,12 +164,17 @@ class ContinualBenchmark:
         model = copy.deepcopy(base)
         records = []
         for t in range(1, scenario.num_steps + 1):
+            if (resumed := self._resumed("eclipse", t)) is not None:
+                model, record = resumed
+                records.append(record)
+                continue
             names, things, colors = class_specs(self.train_set, scenario, t)
             train_ids, heldout = self._heldout(t) if s.delta == "auto" else (self.step_images[t], [])
             reference = [merge(model, predict_raw(model, h.image)) for h in heldout]
             model.add_step(names, things, s.prompts_per_step, colors)
             start = time.perf_counter()
-            result = self._train(model, train_ids, step_keep_ids(scenario, t), s.iterations_per_step, s.step_lr)
+            result = self._train(model, train_ids, step_keep_ids(scenario, t), s.iterations_per_step, s.step_lr,
+                                 "eclipse", t)
             table = []
             if s.delta == "auto" and heldout:
                 delta, table = select_delta(model, heldout, reference)
@@ -146,9 +185,10 @@ class ContinualBenchmark:
                 model.set_deltas(model.deltas[:-1] + [float(s.delta)])
             seconds = time.perf_counter() - start
             pq = self.evaluate(model, t)
-            records.append(StepRecord(t, seconds, result.trainable_parameters, result.iterations,
-                                      result.losses[-1] if result.losses else math.nan, pq, model.deltas, table,
-                                      _peak_memory_mib(s.device)))
+            records.append(self._finish("eclipse", model, StepRecord(
+                t, seconds, result.trainable_parameters, result.iterations,
+                result.losses[-1] if result.losses else math.nan, pq, model.deltas, table,
+                _peak_memory_mib(s.device))))
             self.log(f"eclipse step {t}: {seconds:.0f} s, PQ all {pq['all']['pq'] * 100:.1f}, deltas {model.deltas}")
         return model, records
 
@@ -157,21 +197,29 @@ class ContinualBenchmark:
         model = copy.deepcopy(base)
         records = []
         for t in range(1, scenario.num_steps + 1):
+            if (resumed := self._resumed("finetune", t)) is not None:
+                model, record = resumed
+                records.append(record)
+                continue
             names, things, colors = class_specs(self.train_set, scenario, t)
             extend_base_classes(model, names, things, colors)
             start = time.perf_counter()
             result = self._train(model, self.step_images[t], step_keep_ids(scenario, t), s.iterations_per_step,
-                                 s.finetune_lr)
+                                 s.finetune_lr, "finetune", t)
             seconds = time.perf_counter() - start
             pq = self.evaluate(model, t)
-            records.append(StepRecord(t, seconds, result.trainable_parameters, result.iterations,
-                                      result.losses[-1] if result.losses else math.nan, pq,
-                                      peak_memory_mib=_peak_memory_mib(s.device)))
+            records.append(self._finish("finetune", model, StepRecord(
+                t, seconds, result.trainable_parameters, result.iterations,
+                result.losses[-1] if result.losses else math.nan, pq, peak_memory_mib=_peak_memory_mib(s.device))))
             self.log(f"finetune step {t}: {seconds:.0f} s, PQ all {pq['all']['pq'] * 100:.1f}")
         return model, records
 
     def run_joint(self, base: EclipseModel) -> tuple[EclipseModel, list[StepRecord]]:
         s, scenario = self.settings, self.scenario
+        last = scenario.num_steps
+        if (resumed := self._resumed("joint", last)) is not None:
+            model, record = resumed
+            return model, [record]
         model = copy.deepcopy(base)
         for t in range(1, scenario.num_steps + 1):
             names, things, colors = class_specs(self.train_set, scenario, t)
@@ -179,15 +227,14 @@ class ContinualBenchmark:
         images = sorted(set().union(*(self.step_images[t] for t in range(scenario.num_steps + 1))), key=str)
         start = time.perf_counter()
         iterations = s.iterations_per_step * scenario.num_steps
-        result = self._train(model, images, None, iterations, s.finetune_lr)
+        result = self._train(model, images, None, iterations, s.finetune_lr, "joint", last)
         seconds = time.perf_counter() - start
-        last = scenario.num_steps
         pq = self.evaluate(model, last)
         self.log(f"joint: {seconds:.0f} s, PQ all {pq['all']['pq'] * 100:.1f}")
         record = StepRecord(last, seconds, result.trainable_parameters, result.iterations,
                             result.losses[-1] if result.losses else math.nan, pq,
                             peak_memory_mib=_peak_memory_mib(s.device))
-        return model, [record]
+        return model, [self._finish("joint", model, record)]
 
     def run(self, base: EclipseModel, methods=METHODS) -> dict:
         unknown = sorted(set(methods) - set(METHODS))

@@ -37,6 +37,14 @@ def test_bench_end_to_end(data_root, tmp_path, capsys):
     assert (out / "results.txt").read_text().startswith("scenes-16-8")
     model = load_model(out / "eclipse")
     assert model.num_steps == 1 and model.num_classes == 24
+    # Every finished step was saved; a resumed run reloads them instead of training again.
+    assert (out / "steps" / "eclipse_step001" / "record.json").exists()
+    assert main(["--data-root", str(data_root), "--base", str(out / "base"), "--out", str(out), "--resume",
+                 *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("resumed from") == 3
+    again = json.loads((out / "results.json").read_text())
+    assert again["methods"]["eclipse"][-1]["pq"] == eclipse["pq"]
     # Evaluate a saved model.
     assert main(["--data-root", str(data_root), "--eval-only", str(out / "eclipse"), "--max-eval-images", "2"]) == 0
     assert '"steps": 1' in capsys.readouterr().out
