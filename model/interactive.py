@@ -1,0 +1,148 @@
+"""Teaching one new class from a few painted examples: the headless core of the napari "Learn" button.
+
+`learn_class` adds a prompt step, trains it on the examples (frozen features cached, so iterations after
+the first pass cost only the small decoder), chooses delta on the examples, and reports whether the old
+classes' predictions changed on them. Cancel or failure removes the step again: the model is then
+exactly as before.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .data.transforms import AugmentConfig, TrainTransform
+from .eclipse import EclipseModel, to_chw_tensor
+from .engine import NonFiniteLossError, Progress, TrainConfig, train
+from .evaluation import LabelledImage, merge, predict_raw, select_delta
+from .training import LossConfig
+
+
+@dataclass
+class Example:
+    """One painted image: `instances` holds 0 where nothing is said and k > 0 for instance k of the class."""
+
+    image: np.ndarray  # [H,W], [H,W,3|4] or [3,H,W], uint8 or float in 0..255
+    instances: np.ndarray  # [H,W] integers
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    iterations: int = 300
+    batch_size: int = 4
+    lr: float = 5e-4
+    num_prompts: int = 10
+    augment_variants: int = 8
+    num_points: int = 3136
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
+        scale_range=(0.75, 1.25), native_canvas=True, flip_prob=0.5, brightness=16.0, contrast=0.2,
+        saturation=0.2, hue=0.02))
+
+
+@dataclass
+class LearnResult:
+    state: str  # "done" | "cancelled"
+    class_id: int | None
+    delta: float | None
+    seconds: float
+    losses: list[float]
+    old_pixels_unchanged: float | None  # outside the new class, share of pixels whose old prediction held
+    delta_table: list[dict] = field(default_factory=list)
+
+
+class ExampleSet:
+    """The engine's view of the examples: target = the painted instances of the new class."""
+
+    def __init__(self, examples: Sequence[Example], class_id: int, is_thing: bool, augment: AugmentConfig | None):
+        self.images = [to_chw_tensor(e.image).round().clamp(0, 255).to(torch.uint8) for e in examples]
+        self.targets = [_target(e.instances, class_id, is_thing) for e in examples]
+        self.transform = TrainTransform(augment) if augment is not None else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, index: int, augmentation_seed: int):
+        image, target = self.images[index], self.targets[index]
+        if self.transform is not None:
+            return self.transform.apply(image, target, augmentation_seed)
+        return image, target
+
+
+def _target(instances: np.ndarray, class_id: int, is_thing: bool) -> dict:
+    ids = [int(i) for i in np.unique(instances) if i > 0]
+    masks = [instances == i for i in ids] if is_thing else [instances > 0]
+    return {"labels": torch.full((len(masks),), class_id, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, *instances.shape, dtype=bool)}
+
+
+def check_examples(examples: Sequence[Example]) -> None:
+    """Clear errors for what cannot be learned from."""
+    if not examples:
+        raise ValueError("no examples: paint at least one instance of the new class")
+    for n, e in enumerate(examples):
+        image = to_chw_tensor(e.image)
+        inst = np.asarray(e.instances)
+        if inst.ndim != 2 or tuple(inst.shape) != tuple(image.shape[-2:]):
+            raise ValueError(f"example {n}: annotation shape {inst.shape} does not match the image {tuple(image.shape[-2:])}")
+        if not np.issubdtype(inst.dtype, np.integer):
+            raise ValueError(f"example {n}: annotations must be integer labels, got {inst.dtype}")
+    if not any((np.asarray(e.instances) > 0).any() for e in examples):
+        raise ValueError("the annotations are empty: paint at least one instance of the new class")
+
+
+def learn_class(
+    model: EclipseModel,
+    name: str,
+    is_thing: bool,
+    examples: Sequence[Example],
+    config: LearnConfig = LearnConfig(),
+    *,
+    color=None,
+    device="cpu",
+    callback: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> LearnResult:
+    check_examples(examples)
+    if name.strip() in {c.name for c in model.classes}:
+        raise ValueError(f"a class named {name.strip()!r} already exists")
+    reference = [merge(model, predict_raw(model, e.image)) for e in examples]
+    model.add_step([name], [is_thing], config.num_prompts, None if color is None else [color])
+    class_id = model.num_classes
+    data = ExampleSet(examples, class_id, is_thing, config.augment)
+    train_config = TrainConfig(
+        iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+        augment_variants=config.augment_variants, loss=LossConfig(num_points=config.num_points),
+    )
+    try:
+        result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
+    except (NonFiniteLossError, RuntimeError, ValueError):
+        model.remove_last_step()
+        raise
+    if result.state == "cancelled":
+        model.remove_last_step()
+        return LearnResult("cancelled", None, None, result.seconds, result.losses, None)
+    labelled = [_labelled(e, class_id) for e in examples]
+    delta, table = select_delta(model, labelled, reference)
+    model.set_deltas(model.deltas[:-1] + [delta])
+    return LearnResult("done", class_id, delta, result.seconds, result.losses,
+                       old_predictions_unchanged(model, examples, reference, class_id), table)
+
+
+def _labelled(example: Example, class_id: int) -> LabelledImage:
+    inst = np.asarray(example.instances).astype(np.int64)
+    ids = [int(i) for i in np.unique(inst) if i > 0]
+    return LabelledImage(example.image, inst, [{"id": i, "category_id": class_id, "iscrowd": 0} for i in ids])
+
+
+def old_predictions_unchanged(model, examples, reference, class_id: int) -> float:
+    """Share of pixels, outside the new class's predicted segments, whose class label is unchanged."""
+    same = total = 0
+    for example, before in zip(examples, reference):
+        after = merge(model, predict_raw(model, example.image))
+        semantic_after, semantic_before = after.semantic.numpy(), before.semantic.numpy()
+        outside = semantic_after != class_id
+        same += int((semantic_after[outside] == semantic_before[outside]).sum())
+        total += int(outside.sum())
+    return same / total if total else 1.0
