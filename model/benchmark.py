@@ -114,7 +114,6 @@ class ContinualBenchmark:
         with torch.no_grad():
             return _summary(evaluate(model, self.val, eval_groups(self.scenario, step), categories=self.categories))
 
-    # ----------------------------------------------------------------- one step of one method
     # ----------------------------------------------------------------- checkpoints after each step
     def _step_dir(self, method: str, step: int) -> Path | None:
         return None if self.out_dir is None else self.out_dir / "steps" / f"{method}_step{step:03d}"
@@ -135,7 +134,8 @@ class ContinualBenchmark:
             atomic_write_json(d / "record.json", asdict(record), sort_keys=False)
         return record
 
-    def _train(self, model, image_ids, keep, iterations, lr, method: str, step: int) -> tuple:
+    # ----------------------------------------------------------------- one step of one method
+    def _train(self, model, image_ids, keep, iterations, lr, method: str, step: int):
         s = self.settings
         data = StepTrainingSet(self.train_set.subset(image_ids), self.scenario, s.augment, keep)
         config = TrainConfig(
