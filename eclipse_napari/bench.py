@@ -25,7 +25,7 @@ from .bench_setup import (
     default_output_dir,
     ensure_scene_data,
     load_base_model,
-    loss_points,
+    loss_config,
     open_datasets,
     setup_distributed,
     train_base_model,
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             device=device,
             max_eval_images=args.max_eval_images,
-            num_points=loss_points(scenario.dataset),
+            loss=loss_config(scenario.dataset),
         )
         if args.train_base:
             base = train_base_model(scenario, train_set, args, device, out / "base", log, rank)

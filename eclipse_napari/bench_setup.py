@@ -7,14 +7,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from model.training import LossConfig
+
 SCENES_VERSION = "scenes-v1"  # bump when the generator changes its output
 SCENES_TRAIN, SCENES_VAL, SCENES_SIZE, SCENES_SEED = 1500, 200, 256, 0
 SHIPPED_BASE = "scenes_base"  # eclipse_napari/models/<this>: the default base model
 
 
-def loss_points(dataset: str) -> int:
-    """Points per mask for the losses: the paper's 12,544, fewer for 256x256 scenes (64x64 mask logits)."""
-    return 3136 if dataset == "scenes" else 12544
+def loss_config(dataset: str):
+    """The paper's losses; for 256x256 scenes fewer points per mask (64x64 mask logits) and a 0.1 weight
+    on unmatched queries' no-object target, without which short CPU schedules stay stuck predicting
+    no-object everywhere (measured: PQ 14.3 after 300 iterations instead of 5.4 after 600)."""
+
+    if dataset == "scenes":
+        return LossConfig(num_points=3136, no_object_weight=0.1)
+    return LossConfig()
 
 
 def default_output_dir(scenario) -> Path:
@@ -118,7 +125,6 @@ def train_base_model(scenario, train_set, args, device, out: Path, log, rank):
     from model.data.training_set import StepTrainingSet
     from model.data.transforms import scenes as scenes_augment
     from model.engine import TrainConfig, train
-    from model.training import LossConfig
 
     backbone = args.backbone or scenario.backbone
     if backbone == "efficientnet_lite0":
@@ -140,7 +146,7 @@ def train_base_model(scenario, train_set, args, device, out: Path, log, rank):
     log(f"training the base model: {backbone}, {len(names)} classes, {len(images)} images, {iterations} iterations")
     train_config = TrainConfig(iterations=iterations, batch_size=args.batch_size or scenario.batch_size,
                                lr=scenario.base_lr, seed=args.seed, augment_variants=0, checkpoint_every=200,
-                               loss=LossConfig(num_points=loss_points(scenario.dataset)))
+                               loss=loss_config(scenario.dataset))
     out.mkdir(parents=True, exist_ok=True)
     from .bench import _progress_bar
 

@@ -30,7 +30,7 @@ from .data.transforms import AugmentConfig
 from .eclipse import EclipseModel
 from .engine import Progress, TrainConfig, train
 from .training import LossConfig
-from .evaluation import LabelledImage, evaluate, merge, predict_raw, select_delta
+from .evaluation import LabelledImage, evaluate, merge, predict_raw, select_deltas
 
 METHODS = ("eclipse", "finetune", "joint")
 
@@ -49,7 +49,7 @@ class BenchSettings:
     seed: int = 0
     device: str = "cpu"
     max_eval_images: int | None = None
-    num_points: int = 12544  # points per mask for the losses
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 @dataclass
@@ -140,7 +140,7 @@ class ContinualBenchmark:
         data = StepTrainingSet(self.train_set.subset(image_ids), self.scenario, s.augment, keep)
         config = TrainConfig(
             iterations=iterations, batch_size=s.batch_size, lr=lr, seed=s.seed, cache_mb=s.cache_mb,
-            loss=LossConfig(num_points=s.num_points),
+            loss=s.loss,
         )
         state = None if self.out_dir is None else self.out_dir / "steps" / f"{method}_step{step:03d}_train_state.pt"
         if state is not None:
@@ -177,8 +177,8 @@ class ContinualBenchmark:
                                  "eclipse", t)
             table = []
             if s.delta == "auto" and heldout:
-                delta, table = select_delta(model, heldout, reference)
-                model.set_deltas(model.deltas[:-1] + [delta])
+                deltas, table = select_deltas(model, heldout, reference)
+                model.set_deltas(deltas)
             elif s.delta == "paper":
                 model.set_deltas(list(scenario.deltas[: t + 1]))
             elif s.delta not in ("auto",):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .eclipse import DEFAULT_STEP_DELTA, EclipseModel, to_chw_tensor
+from .eclipse import DEFAULT_BASE_DELTA, DEFAULT_STEP_DELTA, EclipseModel, to_chw_tensor
 from .logit_manipulation import manipulate_logits
 from .metrics import PanopticQuality, SemanticIoU, panoptic_to_semantic
 from .postprocess import PanopticResult, panoptic_merge, resize_mask_logits
@@ -88,45 +88,55 @@ def evaluate(
     return out
 
 
-def select_delta(
+STEP_DELTAS = (-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+BASE_DELTAS = (0.0, 0.2, 0.4, 0.6)
+
+
+def select_deltas(
     model: EclipseModel,
     heldout: Sequence[LabelledImage],
     reference: Sequence[PanopticResult],
-    candidates: Sequence[float] = (-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-) -> tuple[float, list[dict]]:
-    """Chooses the newest group's delta on held-out images of the step (labelled for its classes only).
+    candidates: Sequence[float] = STEP_DELTAS,
+    base_candidates: Sequence[float] = BASE_DELTAS,
+) -> tuple[list[float], list[dict]]:
+    """Chooses the newest group's delta and the base group's on held-out images of the step (labelled for
+    the step's classes only); deltas of intermediate steps stay as they are.
 
     Score = mean of (a) PQ of the new classes against the held-out labels (pixels without a label are
     void, so old-class predictions there are not penalised) and (b) PQ of the old classes against
     `reference`, the previous model's own predictions on the same images with new-class pixels voided:
     the new step should find its classes without disturbing what the model already said elsewhere.
-    Needs no old-class labels, as in the continual protocol. Returns the delta and a table of scores.
+    Needs no old-class labels, as in the continual protocol. Returns the deltas and a table of scores.
     """
     if not heldout:
         raise ValueError("delta selection needs at least one held-out image")
     new_ids = set(model.class_ids(model.num_steps))
     categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
     raws = [predict_raw(model, item.image) for item in heldout]
+    refs = []
+    for item, ref in zip(heldout, reference):
+        labelled_new = np.isin(item.gt_ids, [s["id"] for s in item.gt_segments])
+        ref_ids = np.where(labelled_new, 0, ref.panoptic_seg.numpy())
+        refs.append((ref_ids, [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]))
     table = []
-    for delta in candidates:
-        deltas = model.deltas[:-1] + [float(delta)]
-        new_pq, old_pq = PanopticQuality(categories), PanopticQuality(categories)
-        for item, raw, ref in zip(heldout, raws, reference):
-            result = merge(model, raw, deltas)
-            pred_ids = result.panoptic_seg.numpy()
-            pred_new = _only(pred_ids, segments_as_dicts(result), new_ids, keep=True)
-            new_pq.update(item.gt_ids, item.gt_segments, *pred_new)
-            labelled_new = np.isin(item.gt_ids, [s["id"] for s in item.gt_segments])
-            ref_ids = np.where(labelled_new, 0, ref.panoptic_seg.numpy())
-            ref_segments = [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]
-            old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments_as_dicts(result), new_ids, keep=False))
-        score_new = _mean_pq(new_pq, sorted(new_ids))
-        score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
-        table.append({"delta": float(delta), "pq_new": score_new, "pq_old_consistency": score_old,
-                      "score": (score_new + score_old) / 2})
-    # Ties (e.g. nothing found yet) go to the delta closest to the published default.
-    best = max(table, key=lambda row: (row["score"], -abs(row["delta"] - DEFAULT_STEP_DELTA)))
-    return best["delta"], table
+    current = model.deltas
+    for base_delta in base_candidates:
+        for delta in candidates:
+            deltas = [float(base_delta)] + current[1:-1] + [float(delta)]
+            new_pq, old_pq = PanopticQuality(categories), PanopticQuality(categories)
+            for item, raw, (ref_ids, ref_segments) in zip(heldout, raws, refs):
+                result = merge(model, raw, deltas)
+                pred_ids, segments = result.panoptic_seg.numpy(), segments_as_dicts(result)
+                new_pq.update(item.gt_ids, item.gt_segments, *_only(pred_ids, segments, new_ids, keep=True))
+                old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments, new_ids, keep=False))
+            score_new = _mean_pq(new_pq, sorted(new_ids))
+            score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
+            table.append({"deltas": deltas, "pq_new": score_new, "pq_old_consistency": score_old,
+                          "score": (score_new + score_old) / 2})
+    # Ties (e.g. nothing found yet) go to the deltas closest to the published defaults.
+    best = max(table, key=lambda row: (row["score"], -abs(row["deltas"][-1] - DEFAULT_STEP_DELTA)
+                                       - abs(row["deltas"][0] - DEFAULT_BASE_DELTA)))
+    return best["deltas"], table
 
 
 def _only(ids: np.ndarray, segments: list[dict], class_ids: set, keep: bool) -> tuple[np.ndarray, list[dict]]:

@@ -15,7 +15,7 @@ import torch
 from .data.transforms import AugmentConfig, TrainTransform
 from .eclipse import EclipseModel, to_chw_tensor
 from .engine import NonFiniteLossError, Progress, TrainConfig, train
-from .evaluation import LabelledImage, merge, predict_raw, select_delta
+from .evaluation import LabelledImage, merge, predict_raw, select_deltas
 from .training import LossConfig
 
 
@@ -124,9 +124,9 @@ def learn_class(
         model.remove_last_step()
         return LearnResult("cancelled", None, None, result.seconds, result.losses, None)
     labelled = [_labelled(e, class_id) for e in examples]
-    delta, table = select_delta(model, labelled, reference)
-    model.set_deltas(model.deltas[:-1] + [delta])
-    return LearnResult("done", class_id, delta, result.seconds, result.losses,
+    deltas, table = select_deltas(model, labelled, reference)
+    model.set_deltas(deltas)
+    return LearnResult("done", class_id, deltas[-1], result.seconds, result.losses,
                        old_predictions_unchanged(model, examples, reference, class_id), table)
 
 

@@ -128,6 +128,7 @@ class SetCriterion(nn.Module):
         dice_weight: float = 5.0,
         focal_alpha: float = 5.0,
         focal_gamma: float = 1.0,
+        no_object_weight: float = 1.0,
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
@@ -141,6 +142,7 @@ class SetCriterion(nn.Module):
         self.dice_weight = dice_weight
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.no_object_weight = no_object_weight
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
@@ -154,8 +156,14 @@ class SetCriterion(nn.Module):
             labels = targets[b]["labels"].to(logits.device)
             target_cols[b, pred_idx.to(logits.device)] = labels[gt_idx.to(logits.device)] - 1
         onehot = F.one_hot(target_cols, num_cols).to(torch.float32)
-        loss = sigmoid_focal_loss(logits.float(), onehot, self.focal_alpha, self.focal_gamma, reduction="mean")
-        return loss * CLASS_LOSS_SCALE
+        loss = sigmoid_focal_loss(logits.float(), onehot, self.focal_alpha, self.focal_gamma, reduction="none")
+        if self.no_object_weight != 1.0:
+            # Unmatched queries far outnumber objects; like Mask2Former's eos_coef, their no-object target
+            # counts less, so matched queries can rise above the no-object prior early in training.
+            weight = torch.ones_like(loss)
+            weight[..., -1] = torch.where(onehot[..., -1] > 0, self.no_object_weight, 1.0)
+            loss = loss * weight
+        return loss.mean() * CLASS_LOSS_SCALE
 
     def mask_losses(
         self,

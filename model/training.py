@@ -25,6 +25,7 @@ class LossConfig:
     dice_weight: float = 5.0
     num_points: int = 12544
     deep_supervision: bool = True
+    no_object_weight: float = 1.0  # weight of unmatched queries' no-object target (1 = ECLIPSE.md as written)
 
 
 def build_criterion(model: EclipseModel, config: LossConfig = LossConfig(), generator=None) -> SetCriterion:
@@ -37,6 +38,7 @@ def build_criterion(model: EclipseModel, config: LossConfig = LossConfig(), gene
         mask_weight=config.mask_weight,
         dice_weight=config.dice_weight,
         num_points=config.num_points,
+        no_object_weight=config.no_object_weight,
         generator=generator,
     )
 

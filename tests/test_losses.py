@@ -209,3 +209,20 @@ def test_default_point_count_runs():
     crit = SetCriterion(K, HungarianMatcher())
     out = crit(preds, targets)
     assert torch.isfinite(out["loss"])
+
+
+def test_no_object_weight_scales_only_unmatched_no_object_targets():
+    from model.losses import CLASS_LOSS_SCALE, SetCriterion, sigmoid_focal_loss
+    from model.matcher import HungarianMatcher
+
+    logits = torch.randn(1, 3, 4)  # 3 queries, 3 classes + no-object
+    targets = [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 8, 8, dtype=torch.bool)}]
+    indices = [(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))]
+    plain = SetCriterion(3, HungarianMatcher(), no_object_weight=1.0).class_loss(logits, targets, indices)
+    weighted = SetCriterion(3, HungarianMatcher(), no_object_weight=0.1).class_loss(logits, targets, indices)
+    onehot = torch.zeros(1, 3, 4)
+    onehot[..., 3] = 1
+    per_entry = sigmoid_focal_loss(logits, onehot, reduction="none")
+    expected = (per_entry[..., :3].sum() + 0.1 * per_entry[..., 3].sum()) / per_entry.numel() * CLASS_LOSS_SCALE
+    assert torch.allclose(plain, per_entry.mean() * CLASS_LOSS_SCALE)
+    assert torch.allclose(weighted, expected)

@@ -275,7 +275,7 @@ def scene_scenario(
     """A scenario over generated-scene categories (identity order). `category_ids` default: the ids of
     `scenes.SCENE_CATEGORIES` (fallback 1..24). `num_steps` default: as many whole steps as fit; the
     trailing categories that do not fill a step are left out of the scenario.
-    Training settings are ours (not published), sized for a laptop CPU at 256x256: 3,000 base iterations,
+    Training settings are ours (not published), sized for a laptop CPU at 256x256: 2,500 base iterations,
     300 per step, batch 4; the fixed deltas follow the paper's common ADE choice (0.4 base, 0.5 steps)."""
     ids = tuple(category_ids) if category_ids is not None else _scene_ids_from_module()
     if num_steps is None:
@@ -287,8 +287,8 @@ def scene_scenario(
     return Scenario(
         name=name or f"scenes-{num_base}-{increment}", dataset="scenes", task="panoptic",
         class_order=ids[:used], num_base=num_base, increment=increment, num_queries=50,
-        prompts_per_step=prompts_per_step or 10, iterations_base=3000, iterations_per_step=300,
-        batch_size=4, base_lr=2e-4, step_lr=5e-4, backbone="efficientnet_lite0",
+        prompts_per_step=prompts_per_step or 10, iterations_base=2500, iterations_per_step=300,
+        batch_size=4, base_lr=5e-4, step_lr=5e-4, backbone="efficientnet_lite0",
         deltas=(0.4,) + (0.5,) * num_steps,
     )
 
