@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data.transforms import AugmentConfig, TrainTransform
+from .data.transforms import AugmentConfig, TrainTransform, scenes
 from .eclipse import EclipseModel, to_chw_tensor
 from .engine import NonFiniteLossError, Progress, TrainConfig, train
 from .evaluation import LabelledImage, merge, predict_raw, select_deltas
@@ -36,9 +36,7 @@ class LearnConfig:
     augment_variants: int = 8
     num_points: int = 3136
     seed: int = 0
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
-        scale_range=(0.75, 1.25), native_canvas=True, flip_prob=0.5, brightness=16.0, contrast=0.2,
-        saturation=0.2, hue=0.02))
+    augment: AugmentConfig = field(default_factory=scenes)  # light: scale, flip, mild colour jitter
 
 
 @dataclass
