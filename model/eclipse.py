@@ -1,6 +1,5 @@
 """The ECLIPSE model: frozen Mask2Former base plus one prompt group per continual step."""
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,7 +223,3 @@ def to_chw_tensor(image) -> torch.Tensor:
     if min(x.shape[-2:]) < 1:
         raise ValueError(f"the image is empty: shape {tuple(x.shape)}")
     return x.float()
-
-
-def clone_model(model: EclipseModel) -> EclipseModel:
-    return copy.deepcopy(model)

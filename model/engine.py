@@ -13,7 +13,7 @@ gradients of the trainable tensors are averaged across ranks.
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -326,7 +326,3 @@ def _float(preds: list[dict]) -> list[dict]:
     if not all(torch.isfinite(v).all() for p in out for v in p.values()):
         raise NonFiniteLossError("the model produced non-finite predictions (diverged training?)")
     return out
-
-
-def with_iterations(config: TrainConfig, iterations: int) -> TrainConfig:
-    return replace(config, iterations=iterations)
