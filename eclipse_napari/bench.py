@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["eclipse", "finetune", "joint"])
     p.add_argument("--iterations", type=int, default=None, help="iterations per step (default: the scenario's)")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--step-lr", type=float, default=None,
+                   help="ECLIPSE prompt-tuning learning rate (default: the scenario's)")
     p.add_argument("--delta", default="auto", help="'auto' (chosen on held-out images), 'paper', or a number")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         settings = BenchSettings(
             iterations_per_step=args.iterations or scenario.iterations_per_step,
             batch_size=args.batch_size or scenario.batch_size,
-            step_lr=scenario.step_lr,
+            step_lr=args.step_lr or scenario.step_lr,
             finetune_lr=scenario.base_lr,
             prompts_per_step=scenario.prompts_per_step,
             delta=args.delta,

@@ -1,0 +1,233 @@
+"""The napari plugin end to end: sample -> predict -> paint -> learn -> predictions, cancel, undo,
+export/import, bad inputs, closing during training, and a screenshot checked for content."""
+
+import numpy as np
+import pytest
+import torch
+from napari_helpers import annotate, needs_display, open_widget, predict, wait_ready
+
+pytestmark = [needs_display, pytest.mark.slow]
+
+NEW = "horse"
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _teach(widget, qtbot, scenes=(1, 2, 3)):
+    from eclipse_napari.sample_data import class_instances
+
+    widget.class_name.setText(NEW)
+    widget.class_kind.setCurrentText("thing")
+    for n in scenes:
+        annotate(widget, f"scene {n}", class_instances(n, NEW))
+
+
+def test_predict_teach_learn_end_to_end(make_napari_viewer, qtbot, tmp_path):
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path)
+    known = {c.name for c in widget.session.classes}
+    assert NEW not in known and len(known) == 16
+
+    panoptic, semantic = predict(widget, qtbot, "scene 4")
+    assert panoptic.data.shape == (256, 256) and panoptic.data.max() > 0
+    classes = set(panoptic.features["class"])
+    assert classes and classes <= known
+    # Hovering shows the class: every segment id in the map has a features row with its class and score.
+    rows = dict(zip(panoptic.features["index"], panoptic.features["class"]))
+    assert set(np.unique(panoptic.data)) - {0} <= set(rows)
+    assert semantic.data.max() <= 16 and widget.legend.rowCount() == 16
+    before_scene4 = semantic.data.copy()
+
+    _teach(widget, qtbot)
+    # Saved continuously into the project: COCO panoptic + instances exports and the masks.
+    project = widget.project.root
+    assert (project / "panoptic.json").is_file() and (project / "instances.json").is_file()
+    assert len(widget.project.examples_for(NEW)) == 3
+
+    state = _state(widget.session.model)
+    widget.iterations.setValue(120)
+    widget.learn()
+    assert widget.state.name == "LEARNING"
+    wait_ready(widget, qtbot, timeout=300_000)
+    result = widget.last_learn
+    assert result is not None and result.state == "done", widget.last_message
+    model = widget.session.model
+    assert model.num_steps == 1 and model.classes[-1].name == NEW
+    # The base and its tensors are untouched by the new step.
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items() if not k.endswith("delta"))
+    assert "horse" in widget.steps.item(1).text()
+    assert (project / "model" / "model.json").is_file()  # the learned step is saved in the project
+
+    # Predictions refresh (scene 4 was shown) and the new class is found on an annotated image.
+    wait_ready(widget, qtbot)
+    panoptic, _ = predict(widget, qtbot, "scene 1")
+    assert NEW in set(panoptic.features["class"])
+    # Old-class predictions elsewhere: scene 4 outside the new class keeps its classes.
+    _, semantic = predict(widget, qtbot, "scene 4")
+    outside = semantic.data != model.num_classes
+    unchanged = (semantic.data[outside] == before_scene4[outside]).mean()
+    assert unchanged > 0.9, unchanged
+    assert result.old_pixels_unchanged is not None and result.old_pixels_unchanged > 0.9
+
+
+def test_cancel_leaves_the_model_exactly_as_before(make_napari_viewer, qtbot, tmp_path):
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2))
+    _teach(widget, qtbot, scenes=(1,))
+    state = _state(widget.session.model)
+    widget.iterations.setValue(5000)
+    widget.learn()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=120_000)
+    widget.learn()  # Learn pressed twice: refused, no second training
+    assert "cannot learn now" in widget.last_message
+    widget.cancel()
+    wait_ready(widget, qtbot)
+    assert widget.last_learn.state == "cancelled"
+    assert widget.session.model.num_steps == 0
+    assert _same(state, _state(widget.session.model))
+    assert widget.progress.value() < 5000
+
+
+def test_undo_export_import(make_napari_viewer, qtbot, tmp_path):
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1,))
+    model = widget.session.model
+    base_state = _state(model)
+    model.add_step(["horse"], [True], 10)  # an untrained step is enough to move files around
+    with torch.no_grad():
+        model.groups[-1].content.normal_()
+    model.eval()
+    widget._refresh_model()
+    step_state = _state(model)
+    assert widget.steps.count() == 2 and widget.undo_button.isEnabled()
+
+    path = tmp_path / "horse_step"
+    assert widget.export_step(str(path))
+    exported = tmp_path / "horse_step.safetensors"
+    assert exported.is_file() and exported.stat().st_size < 2_000_000  # a small file, not the model
+
+    assert widget.undo()
+    assert model.num_steps == 0 and _same(base_state, _state(model))
+    assert widget.steps.count() == 1 and not widget.undo_button.isEnabled()
+    wait_ready(widget, qtbot)
+
+    assert widget.import_step(str(exported))
+    assert _same(step_state, _state(model))
+    assert widget.import_step(str(exported)) is False  # the same step again: out of order
+    assert "step" in widget.last_message
+    wait_ready(widget, qtbot)
+
+    # Save the whole model and load it back.
+    assert widget.save_model(str(tmp_path / "saved"))
+    assert widget.undo()
+    wait_ready(widget, qtbot)
+    assert widget.load_model(str(tmp_path / "saved"))
+    assert widget.session.model.num_steps == 1 and _same(step_state, _state(widget.session.model))
+
+
+def test_step_of_another_base_and_corrupted_files_are_refused(make_napari_viewer, qtbot, tmp_path):
+    from eclipse_napari.session import default_model_path
+    from model.checkpoints import load_model, save_step
+
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1,))
+    other = load_model(default_model_path())
+    with torch.no_grad():
+        next(other.backbone.parameters()).add_(0.01)
+    other.add_step(["horse"], [True], 10)
+    save_step(other, 1, tmp_path / "foreign.safetensors")
+    state = _state(widget.session.model)
+    assert widget.import_step(str(tmp_path / "foreign.safetensors")) is False
+    assert "different base model" in widget.last_message
+
+    corrupted = tmp_path / "corrupted.safetensors"
+    corrupted.write_bytes((tmp_path / "foreign.safetensors").read_bytes()[:5000])
+    assert widget.import_step(str(corrupted)) is False
+    assert widget.last_message
+    assert widget.load_model(str(tmp_path)) is False  # not a model folder
+    assert "not a model folder" in widget.last_message
+    assert _same(state, _state(widget.session.model)) and widget.session.model.num_steps == 0
+    assert widget.undo() is False and "no learned step" in widget.last_message
+
+
+def test_bad_inputs_get_clear_messages_and_change_nothing(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1,))
+    state = _state(widget.session.model)
+
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="tiny")
+    widget.predict("tiny")
+    assert "at least 16x16" in widget.last_message and "tiny panoptic" not in viewer.layers
+
+    widget.class_name.setText("")
+    widget.learn()
+    assert "name" in widget.last_message
+
+    widget.class_name.setText("disc")  # the base model knows it
+    widget.image_choice.setCurrentText("scene 1")
+    assert widget.add_annotation_layer() is None
+    assert "already knows a class named 'disc'" in widget.last_message
+
+    widget.class_name.setText("horse")
+    layer = widget.add_annotation_layer()
+    assert layer is not None
+    widget.learn()  # nothing painted yet
+    assert "no annotations of 'horse'" in widget.last_message
+    assert widget.session.model.num_steps == 0 and _same(state, _state(widget.session.model))
+
+    # A float image of another range is mapped through its contrast limits and predicted.
+    viewer.add_image(np.linspace(0, 5000, 64 * 80, dtype=np.float32).reshape(64, 80), name="float")
+    panoptic, _ = predict(widget, qtbot, "float")
+    assert panoptic.data.shape == (64, 80)
+
+
+def test_all_planes_of_a_stack(make_napari_viewer, qtbot, tmp_path):
+    from eclipse_napari.sample_data import sample_scene
+
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=())
+    stack = np.stack([sample_scene(n)[0].mean(-1).astype(np.uint16) * 200 for n in (1, 2, 3)])
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    panoptic, _ = predict(widget, qtbot, "stack")  # the current plane only
+    assert panoptic.data.shape == (3, 256, 256)
+    assert panoptic.data[1].any() and not panoptic.data[0].any() and not panoptic.data[2].any()
+    widget.all_planes.setChecked(True)
+    panoptic, _ = predict(widget, qtbot, "stack")
+    assert all(panoptic.data[i].any() for i in range(3))
+    ids = [set(np.unique(panoptic.data[i])) - {0} for i in range(3)]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # segment ids unique across planes
+    assert set().union(*ids) <= set(panoptic.features["index"])
+
+
+def test_closing_the_window_during_training_keeps_the_model(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1,))
+    _teach(widget, qtbot, scenes=(1,))
+    session, state = widget.session, _state(widget.session.model)
+    widget.iterations.setValue(5000)
+    widget.learn()
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=120_000)
+    worker = widget._worker
+    viewer.close()
+    worker.await_workers(60_000)
+    qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert session.model.num_steps == 0 and _same(state, _state(session.model))
+    assert len(session.model.groups) == 1
+
+
+def test_screenshot_shows_the_prediction(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(4,), show=True)
+    panoptic, _ = predict(widget, qtbot, "scene 4")
+    viewer.layers["scene 4"].visible = False
+    panoptic.opacity = 1.0
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot.ndim == 3 and shot.shape[-1] == 4
+    rgb = shot[..., :3].reshape(-1, 3)
+    assert (rgb.sum(1) > 30).mean() > 0.2  # the labels cover a good part of the canvas
+    # The colours on screen are the predicted classes' colours.
+    colors = {tuple(int(255 * x) for x in panoptic.colormap.map(np.array([i]))[0][:3])
+              for i in panoptic.features["index"]}
+    present = {tuple(c) for c in np.unique(rgb, axis=0)}
+    close = [c for c in colors if any(sum(abs(a - b) for a, b in zip(c, p)) < 60 for p in present)]
+    assert len(close) >= len(colors) // 2, (len(close), len(colors))

@@ -1,0 +1,106 @@
+"""The plugin's pieces that need no display: manifest, sample data, layer input, layer data, session."""
+
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eclipse_napari import image_input as I
+from eclipse_napari import layers as L
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_is_valid_and_its_commands_import():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(ROOT / "napari.yaml")
+    manifest.validate_imports()
+    assert {c.id for c in manifest.contributions.commands} == {"eclipse-napari.widget", "eclipse-napari.sample"}
+    # The packaged copy (what napari finds after pip install) is the repo-root manifest.
+    assert filecmp.cmp(ROOT / "napari.yaml", ROOT / "eclipse_napari" / "napari.yaml", shallow=False)
+
+
+def test_installed_plugin_is_discovered_by_npe2():
+    from npe2 import PluginManager
+
+    pm = PluginManager()
+    pm.discover()
+    manifest = pm.get_manifest("eclipse-napari")  # raises KeyError when the entry point is missing
+    assert manifest.contributions.widgets[0].display_name == "ECLIPSE"
+
+
+def test_sample_scenes_hold_known_and_new_classes():
+    from eclipse_napari.sample_data import SAMPLE_NEW_CLASS, class_instances, make_sample_data, sample_scene
+    from model.data.scenes import SCENE_CLASSES
+
+    layers = make_sample_data()
+    assert len(layers) == 4 and all(d.shape == (256, 256, 3) and d.dtype == np.uint8 for d, _, _ in layers)
+    for n in range(1, 5):
+        _, _, segments = sample_scene(n)
+        ids = {s["category_id"] for s in segments}
+        assert any(i <= 16 for i in ids) and any(i > 16 for i in ids)  # base classes are the first 16
+        horse = class_instances(n, SAMPLE_NEW_CLASS)
+        assert horse.max() >= 1 and (horse > 0).sum() > 500
+    assert SCENE_CLASSES[19].name == SAMPLE_NEW_CLASS
+    with pytest.raises(ValueError, match="numbered 1..4"):
+        sample_scene(5)
+
+
+def test_layer_planes_and_dtypes():
+    stack = np.arange(2 * 3 * 20 * 30, dtype=np.uint16).reshape(2, 3, 20, 30)
+    assert I.plane_indices(stack.shape, False, (1, 2)) == [(1, 2)]
+    assert len(I.plane_indices(stack.shape, False, None)) == 6
+    planes = I.planes_of(stack, False, None, contrast_limits=(0, 3599))
+    assert planes[0][1].dtype == np.uint8 and planes[-1][1].max() == 255 and planes[0][1].min() == 0
+    rgb = np.zeros((20, 30, 4), np.float32)
+    rgb[..., 0] = 1.0
+    out = I.to_model_plane(rgb, True, (0, 1))
+    assert out.shape == (20, 30, 3) and out[..., 0].min() == 255 and out[..., 1].max() == 0
+    with pytest.raises(I.LayerInputError, match="at least 16x16"):
+        I.plane_indices((8, 8), False, None)
+    with pytest.raises(I.LayerInputError, match="3 or 4 channels"):
+        I.plane_indices((20, 30, 2), True, None)
+    with pytest.raises(I.LayerInputError, match="outside"):
+        I.plane_indices(stack.shape, False, (2, 0))
+    with pytest.raises(I.LayerInputError, match="dtype bool"):
+        I.to_model_plane(np.zeros((20, 20), bool), False)
+    with pytest.raises(I.LayerInputError, match="not finite"):
+        I.to_model_plane(np.zeros((20, 20), np.float32), False, (0, float("nan")))
+
+
+def test_stacked_predictions_have_unique_ids_features_and_class_colours():
+    from eclipse_napari.session import Prediction
+    from model.classes import ClassSpec
+    from model.postprocess import Segment
+
+    classes = [ClassSpec("sky", False, (0, 0, 255)), ClassSpec("disc", True, (255, 0, 0))]
+    pan = np.array([[1, 1, 2], [1, 3, 3]], np.int32)
+    sem = np.array([[1, 1, 2], [1, 2, 2]], np.int32)
+    segs = [Segment(1, 1, False, 0.9, 3), Segment(2, 2, True, 0.8, 1), Segment(3, 2, True, 0.7, 2)]
+    pred = Prediction(pan, sem, segs)
+    panoptic, semantic = L.stack_predictions([((0,), pred), ((2,), pred)], (3,), (2, 3), classes)
+    assert panoptic["data"].shape == (3, 2, 3) and not panoptic["data"][1].any()
+    assert np.array_equal(panoptic["data"][2], np.where(pan > 0, pan + 3, 0))
+    assert panoptic["features"]["index"] == [1, 2, 3, 4, 5, 6]
+    assert panoptic["features"]["class"] == ["sky", "disc", "disc"] * 2
+    assert panoptic["colors"][1] == (0.0, 0.0, 1.0, 1.0)  # stuff: the class colour
+    assert panoptic["colors"][2] != panoptic["colors"][3]  # two instances of one class stay apart
+    assert semantic["features"]["class"] == ["(none)", "sky", "disc"]
+    assert np.array_equal(semantic["data"][0], sem)
+    assert L.class_pixel_counts(sem, 2).tolist() == [0, 3, 3]
+    assert L.plane_key("stack", (1, 2)) == "stack[1,2]" and L.plane_key("scene", ()) == "scene"
+
+
+def test_session_refuses_concurrent_use_and_undo_of_the_base(tmp_path):
+    from eclipse_napari.session import BusyError, Session
+
+    session = Session.open()
+    assert [s.step for s in session.steps()] == [0]
+    with pytest.raises(ValueError, match="no learned step"):
+        session.undo()
+    with session._exclusive("test"), pytest.raises(BusyError, match="busy"):
+        session.predict([np.zeros((32, 32), np.uint8)])
+    out = session.predict([np.zeros((32, 32, 3), np.uint8)])
+    assert out[0].panoptic.shape == (32, 32)
