@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from model.metrics import format_pq_table
 from model.atomic_io import atomic_write_json
+from model.metrics import format_pq_table
 from model.panoptic_format import read_panoptic_json
 from model.pq_compute import pq_compute, read_categories
 

@@ -5,10 +5,12 @@ planes of a stack so every segment keeps its own row (class, score) in the featu
 """
 
 import colorsys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .session import Prediction
+if TYPE_CHECKING:  # session imports torch; the widget module must not
+    from .session import Prediction
 
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 # Metadata keys on layers the plugin makes, so it can find them again.
@@ -35,7 +37,7 @@ def instance_color(color, k: int) -> tuple[float, float, float, float]:
 
 
 def stack_predictions(
-    predictions: list[tuple[tuple[int, ...], Prediction]], lead_shape: tuple[int, ...], plane_shape, classes
+    predictions: "list[tuple[tuple[int, ...], Prediction]]", lead_shape: tuple[int, ...], plane_shape, classes
 ) -> tuple[dict, dict]:
     """(panoptic, semantic) layer specs: {"data", "features", "colors"} each.
 

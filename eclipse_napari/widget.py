@@ -18,23 +18,22 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 from superqt.utils import ensure_main_thread
 
+from . import annotations
 from . import layers as L
-from .image_input import LayerInputError, planes_of, to_model_plane
+from .image_input import LayerInputError, planes_of
 from .legend import Legend
 from .project import Project, ProjectError
+from .qt_helpers import box, button, row
 
 
 class State(Enum):
@@ -65,7 +64,7 @@ class EclipseWidget(QWidget):
         self._alive = [True]
         self.destroyed.connect(lambda *_, alive=self._alive, cancel=self._cancel: (alive.clear(), cancel.set()))
         self._dirty_layers: set[str] = set()
-        self._save_timer = QTimer(self, singleShot=True, interval=400, timeout=self.flush_annotations)
+        self._save_timer = QTimer(self, singleShot=True, interval=300, timeout=self.flush_annotations)
         self._build()
         self._set_project(Path(project_folder) if project_folder else default_project_folder())
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
@@ -80,43 +79,44 @@ class EclipseWidget(QWidget):
         self.model_label = QLabel("", wordWrap=True)
         self.project_label = QLabel("", wordWrap=True)
         self.threads = QSpinBox(minimum=1, maximum=max(1, os.cpu_count() or 1), toolTip="CPU threads for torch")
-        model_box = _box("Model", self.model_label, _row(QLabel("Threads"), self.threads),
-                         _row(self.project_label, _button("Project…", self._choose_project)))
+        model_box = box("Model", self.model_label, row(QLabel("Threads"), self.threads),
+                         row(self.project_label, button("Project…", self._choose_project)))
 
         self.image_choice = QComboBox(toolTip="the image layer to segment")
         self.all_planes = QCheckBox("all planes (3-D / time series)")
         self.semantic = QCheckBox("semantic view")
-        self.predict_button = _button("Predict", self.predict)
+        self.semantic.toggled.connect(self._show_semantic)
+        self.predict_button = button("Predict", self.predict)
         self.legend = Legend()
-        predict_box = _box("Predict", self.image_choice, _row(self.all_planes, self.semantic), self.predict_button,
+        predict_box = box("Predict", self.image_choice, row(self.all_planes, self.semantic), self.predict_button,
                            self.legend)
 
         self.class_name = QLineEdit(placeholderText="new class name, e.g. horse")
         self.class_kind = QComboBox()
         self.class_kind.addItems(["thing", "stuff"])
-        self.annotate_button = _button("Annotate selected image", self.add_annotation_layer)
+        self.annotate_button = button("Annotate selected image", self.add_annotation_layer)
         self.teach_info = QLabel("Name a class, then paint its instances (one label per instance).", wordWrap=True)
-        teach_box = _box("Teach", _row(self.class_name, self.class_kind), self.annotate_button, self.teach_info)
+        teach_box = box("Teach", row(self.class_name, self.class_kind), self.annotate_button, self.teach_info)
 
         self.iterations = QSpinBox(minimum=10, maximum=20000, value=200, singleStep=50)
-        self.learn_button = _button("Learn", self.learn)
-        self.cancel_button = _button("Cancel", self.cancel)
+        self.learn_button = button("Learn", self.learn)
+        self.cancel_button = button("Cancel", self.cancel)
         self.progress = QProgressBar()
         self.progress_label = QLabel("", wordWrap=True)
         self.report = QLabel("", wordWrap=True)
         form = QFormLayout()
         form.addRow("Iterations", self.iterations)
-        learn_box = _box("Learn", form, _row(self.learn_button, self.cancel_button), self.progress,
+        learn_box = box("Learn", form, row(self.learn_button, self.cancel_button), self.progress,
                          self.progress_label, self.report)
 
         self.steps = QListWidget()
-        self.undo_button = _button("Remove last step", self.undo)
-        self.export_button = _button("Export step…", lambda: self.export_step(None))
-        self.import_button = _button("Import step…", lambda: self.import_step(None))
-        self.save_button = _button("Save model…", lambda: self.save_model(None))
-        self.load_button = _button("Load model…", lambda: self.load_model(None))
-        steps_box = _box("Steps", self.steps, _row(self.undo_button, self.export_button, self.import_button),
-                         _row(self.save_button, self.load_button))
+        self.undo_button = button("Remove last step", self.undo)
+        self.export_button = button("Export step…", lambda: self.export_step(None))
+        self.import_button = button("Import step…", lambda: self.import_step(None))
+        self.save_button = button("Save model…", lambda: self.save_model(None))
+        self.load_button = button("Load model…", lambda: self.load_model(None))
+        steps_box = box("Steps", self.steps, row(self.undo_button, self.export_button, self.import_button),
+                         row(self.save_button, self.load_button))
 
         layout = QVBoxLayout(self)
         for widget in (self.status, model_box, predict_box, teach_box, learn_box, steps_box):
@@ -126,9 +126,9 @@ class EclipseWidget(QWidget):
 
     def _update_buttons(self) -> None:
         ready = self.state == State.READY
-        for button in (self.predict_button, self.learn_button, self.undo_button, self.export_button,
-                       self.import_button, self.save_button, self.load_button):
-            button.setEnabled(ready)
+        for b in (self.predict_button, self.learn_button, self.undo_button, self.export_button,
+                  self.import_button, self.save_button, self.load_button):
+            b.setEnabled(ready)
         self.annotate_button.setEnabled(self.state != State.LOADING)
         self.cancel_button.setEnabled(self.state in (State.LEARNING, State.PREDICTING))
         if ready and self.session is not None:
@@ -298,6 +298,13 @@ class EclipseWidget(QWidget):
         found = sum(len(p.segments) for p in predictions)
         self._notify(f"{image_layer.name}: {found} segments in {len(predictions)} plane(s)")
 
+    def _show_semantic(self, semantic: bool) -> None:
+        """Switches every prediction shown between its panoptic and its semantic layer."""
+        for layer in self.viewer.layers:
+            kind = layer.metadata.get(L.KIND_KEY)
+            if kind in ("panoptic", "semantic"):
+                layer.visible = (kind == "semantic") == semantic
+
     # ================================================================= teach
     def _new_class(self) -> tuple[str, bool]:
         name = self.class_name.text().strip()
@@ -308,58 +315,41 @@ class EclipseWidget(QWidget):
         return name, self.class_kind.currentText() == "thing"
 
     def add_annotation_layer(self):
-        """A Labels layer over the selected image for painting instances of the new class."""
+        """A Labels layer over the selected image for painting instances of the new class (what the
+        project already holds for this class and image is restored into it)."""
         try:
             name, is_thing = self._new_class()
             image = self._image_layer()
-            self.project.ensure_category(name, is_thing, _class_color(self.session, name))
+            self.project.ensure_category(name, is_thing, _next_class_color(self.session))
         except (ValueError, LayerInputError) as exc:
             return self._notify(str(exc), "error")
-        shape = image.data.shape[: image.data.ndim - (1 if image.rgb else 0)]
-        layer_name = f"{name} on {image.name}"
-        if layer_name in self.viewer.layers:
-            self.viewer.layers.selection.active = self.viewer.layers[layer_name]
-            return self.viewer.layers[layer_name]
-        layer = self.viewer.add_labels(
-            np.zeros(shape, np.int32), name=layer_name, scale=image.scale[: len(shape)],
-            translate=image.translate[: len(shape)],
-            metadata={L.KIND_KEY: "annotation", L.SOURCE_KEY: image.name, L.CLASS_KEY: name, L.THING_KEY: is_thing})
-        self._restore_annotations(layer)
+        data, kwargs = annotations.new_layer_args(image, name, is_thing)
+        if kwargs["name"] in self.viewer.layers:
+            layer = self.viewer.layers[kwargs["name"]]
+        else:
+            layer = self.viewer.add_labels(data, **kwargs)
+            annotations.restore(layer, self.project)
+            layer.brush_size = 8
+            for event in (layer.events.paint, layer.events.data):
+                event.connect(lambda *_, n=layer.name: self._annotation_changed(n))
         layer.mode = "paint"
-        layer.brush_size = 8
-        for event in (layer.events.paint, layer.events.data):
-            event.connect(lambda *_, n=layer.name: self._annotation_changed(n))
+        self.viewer.layers.selection.active = layer
         self._update_teach_info()
         return layer
-
-    def _restore_annotations(self, layer) -> None:
-        stored = {a.image_key: a for a in self.project.annotations() if a.class_name == layer.metadata[L.CLASS_KEY]}
-        for index in np.ndindex(*layer.data.shape[:-2]) if layer.data.ndim > 2 else [()]:
-            a = stored.get(L.plane_key(layer.metadata[L.SOURCE_KEY], tuple(index)))
-            if a is not None and a.instances.shape == layer.data.shape[-2:]:
-                layer.data[index] = a.instances
-        layer.refresh()
 
     def _annotation_changed(self, layer_name: str) -> None:
         self._dirty_layers.add(layer_name)
         self._save_timer.start()
 
     def flush_annotations(self) -> None:
-        """Writes changed annotation layers into the project (runs 0.4 s after the last stroke)."""
+        """Writes changed annotation layers into the project (runs 0.3 s after the last stroke)."""
         for name in sorted(self._dirty_layers):
-            if name not in self.viewer.layers:
-                continue
-            layer = self.viewer.layers[name]
-            source = layer.metadata[L.SOURCE_KEY]
+            layer = self.viewer.layers[name] if name in self.viewer.layers else None  # removed meanwhile?
+            source = layer.metadata[L.SOURCE_KEY] if layer is not None else None
             if source not in self.viewer.layers:
                 continue
-            image = self.viewer.layers[source]
             try:
-                for index in np.ndindex(*layer.data.shape[:-2]) if layer.data.ndim > 2 else [()]:
-                    plane = to_model_plane(image.data[tuple(index)], image.rgb, image.contrast_limits)
-                    self.project.save_annotation(L.plane_key(source, tuple(index)), plane,
-                                                 np.asarray(layer.data[tuple(index)]).astype(np.int32),
-                                                 layer.metadata[L.CLASS_KEY])
+                annotations.save(layer, self.viewer.layers[source], self.project)
             except (ProjectError, ValueError, OSError) as exc:
                 self._notify(f"could not save the annotations of {name!r}: {exc}", "error")
         self._dirty_layers.clear()
@@ -367,11 +357,8 @@ class EclipseWidget(QWidget):
 
     def _update_teach_info(self) -> None:
         name = self.class_name.text().strip()
-        if not name or self.project is None:
-            return
-        examples = self.project.examples_for(name) if name in {c["name"] for c in self.project.categories} else []
-        instances = sum(len(np.unique(a.instances)) - 1 for a in examples)
-        self.teach_info.setText(f"{name}: {instances} instance(s) on {len(examples)} image(s), saved in the project")
+        if name and self.project is not None:
+            self.teach_info.setText(annotations.summary(self.project, name))
 
     # ================================================================= learn
     def learn(self) -> None:
@@ -382,8 +369,7 @@ class EclipseWidget(QWidget):
         self.flush_annotations()
         try:
             name, is_thing = self._new_class()
-            stored = self.project.examples_for(name) if name in {c["name"] for c in self.project.categories} else []
-            examples = [Example(a.image, a.instances) for a in stored]
+            examples = [Example(a.image, a.instances) for a in annotations.examples(self.project, name)]
             if not examples:
                 raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
             kinds = {c["name"]: bool(c["isthing"]) for c in self.project.categories}
@@ -493,36 +479,14 @@ class EclipseWidget(QWidget):
 
 
 # ===================================================================== small helpers
-def _button(text: str, slot) -> QPushButton:
-    button = QPushButton(text)
-    button.clicked.connect(lambda *_: slot())
-    return button
-
-
-def _row(*widgets) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        layout.addWidget(w)
-    return row
-
-
-def _box(title: str, *items) -> QGroupBox:
-    box = QGroupBox(title)
-    layout = QVBoxLayout(box)
-    for item in items:
-        layout.addLayout(item) if not isinstance(item, QWidget) else layout.addWidget(item)
-    return box
-
-
 def _colormap(colors: dict):
     from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict=colors)
 
 
-def _class_color(session, name: str):
+def _next_class_color(session):
+    """The colour the model will give its next class (model.classes.make_classes' default)."""
     from model.classes import default_color
 
     return default_color(session.model.num_classes if session is not None else 0)

@@ -40,14 +40,29 @@ def test_predict_teach_learn_end_to_end(make_napari_viewer, qtbot, tmp_path):
     # Hovering shows the class: every segment id in the map has a features row with its class and score.
     rows = dict(zip(panoptic.features["index"], panoptic.features["class"]))
     assert set(np.unique(panoptic.data)) - {0} <= set(rows)
+    # What napari shows when hovering a segment: its class and score.
+    y, x = np.argwhere(panoptic.data > 0)[0]
+    status = panoptic.get_status((y, x), world=True)["coordinates"]
+    assert f"class: {rows[panoptic.data[y, x]]}" in status and "score: " in status, status
     assert semantic.data.max() <= 16 and widget.legend.rowCount() == 16
     before_scene4 = semantic.data.copy()
+    assert panoptic.visible and not semantic.visible
+    widget.semantic.setChecked(True)  # the semantic view: class colours, one layer per image
+    assert semantic.visible and not panoptic.visible
+    assert set(np.unique(semantic.data)) - {0} <= {i + 1 for i, c in enumerate(widget.session.classes) if c.name in classes}
+    widget.semantic.setChecked(False)
 
     _teach(widget, qtbot)
     # Saved continuously into the project: COCO panoptic + instances exports and the masks.
     project = widget.project.root
     assert (project / "panoptic.json").is_file() and (project / "instances.json").is_file()
     assert len(widget.project.examples_for(NEW)) == 3
+    # Closing an annotation layer loses nothing: reopening it restores the painting from the project.
+    painted = widget.viewer.layers[f"{NEW} on scene 2"].data.copy()
+    widget.viewer.layers.remove(f"{NEW} on scene 2")
+    widget.image_choice.setCurrentText("scene 2")
+    assert np.array_equal(widget.add_annotation_layer().data, painted)
+    assert "3 image(s)" in widget.teach_info.text()
 
     state = _state(widget.session.model)
     widget.iterations.setValue(120)

@@ -104,3 +104,14 @@ def test_session_refuses_concurrent_use_and_undo_of_the_base(tmp_path):
         session.predict([np.zeros((32, 32), np.uint8)])
     out = session.predict([np.zeros((32, 32, 3), np.uint8)])
     assert out[0].panoptic.shape == (32, 32)
+
+
+def test_widget_module_does_not_import_torch():
+    """torch costs seconds to import: the widget appears first and loads the model in a worker."""
+    import subprocess
+    import sys
+
+    code = "import sys, eclipse_napari.widget, eclipse_napari.sample_data; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
