@@ -4,9 +4,11 @@ and classes it has never seen (horse, ellipse, sand, wood, ...), to try predict 
 import numpy as np
 
 SAMPLE_SEED, SAMPLE_SIZE = 7, 256
-# Scenes (of seed 7) chosen because each shows a horse and at least three known classes.
-SAMPLE_SCENES = (19, 28, 35, 38)
-SAMPLE_NEW_CLASS = "horse"
+# Scenes (of seed 7) chosen because each shows sand (a class the shipped model does not know; it learns
+# well from three painted images, see benchmarks/learn_speed.py) and at least four known classes; the
+# first two also show a horse.
+SAMPLE_SCENES = (19, 28, 32, 64)
+SAMPLE_NEW_CLASS = "sand"
 
 
 def sample_scene(number: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:

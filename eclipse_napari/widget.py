@@ -36,6 +36,9 @@ from .project import Project, ProjectError
 from .qt_helpers import box, button, row
 
 
+LEARN_ITERATIONS = 100  # = model.interactive.LearnConfig's; about 15 s for 3 images on 2 CPU threads
+
+
 class State(Enum):
     LOADING = "loading the model…"
     READY = "ready"
@@ -98,7 +101,7 @@ class EclipseWidget(QWidget):
         self.teach_info = QLabel("Name a class, then paint its instances (one label per instance).", wordWrap=True)
         teach_box = box("Teach", row(self.class_name, self.class_kind), self.annotate_button, self.teach_info)
 
-        self.iterations = QSpinBox(minimum=10, maximum=20000, value=200, singleStep=50)
+        self.iterations = QSpinBox(minimum=10, maximum=20000, value=LEARN_ITERATIONS, singleStep=50)
         self.learn_button = button("Learn", self.learn)
         self.cancel_button = button("Cancel", self.cancel)
         self.progress = QProgressBar()
@@ -146,6 +149,9 @@ class EclipseWidget(QWidget):
 
     # ================================================================= model and project
     def _load_session(self, folder):
+        from .gl_safety import keep_triton_out
+
+        keep_triton_out()  # before torch's stack loads: triton after OpenGL can crash napari
         from .session import Session
 
         return Session.open(folder)

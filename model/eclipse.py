@@ -207,7 +207,11 @@ class EclipseModel(nn.Module):
 
 def to_chw_tensor(image) -> torch.Tensor:
     """Accepts [H,W], [H,W,3], [H,W,4] (alpha dropped) or [3,H,W]; returns a float [3,H,W] tensor."""
-    x = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
+    if not isinstance(image, torch.Tensor):
+        array = np.asarray(image)
+        x = torch.as_tensor(array if array.flags.writeable else array.copy())  # e.g. napari's read-only views
+    else:
+        x = image
     if x.dtype == torch.bool or x.is_complex():
         raise ValueError(f"expected a uint8 or float image in 0..255, got dtype {x.dtype}")
     if x.ndim == 2:

@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python scripts/make_screenshots.py [--out docs/images]
 
-Paints the sample scenes' horses as a user would (from the generated ground truth), learns them with the
+Paints the sample scenes' sand regions as a user would (from the generated ground truth), learns them with the
 widget's default settings, and saves one PNG of the whole window per stage.
 """
 
@@ -70,7 +70,7 @@ def main() -> int:
     shot("1-predict")
 
     widget.class_name.setText(SAMPLE_NEW_CLASS)
-    widget.class_kind.setCurrentText("thing")
+    widget.class_kind.setCurrentText("stuff")
     for n in (1, 2, 3):
         widget.image_choice.setCurrentText(f"scene {n}")
         layer = widget.add_annotation_layer()

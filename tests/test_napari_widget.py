@@ -8,7 +8,7 @@ from napari_helpers import annotate, needs_display, open_widget, predict, wait_r
 
 pytestmark = [needs_display, pytest.mark.slow]
 
-NEW = "horse"
+NEW = "sand"  # the sample's new class (stuff); the base model knows 16 other classes
 
 
 def _state(model) -> dict:
@@ -23,7 +23,7 @@ def _teach(widget, qtbot, scenes=(1, 2, 3)):
     from eclipse_napari.sample_data import class_instances
 
     widget.class_name.setText(NEW)
-    widget.class_kind.setCurrentText("thing")
+    widget.class_kind.setCurrentText("stuff")
     for n in scenes:
         annotate(widget, f"scene {n}", class_instances(n, NEW))
 
@@ -76,7 +76,7 @@ def test_predict_teach_learn_end_to_end(make_napari_viewer, qtbot, tmp_path):
     # The base and its tensors are untouched by the new step.
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items() if not k.endswith("delta"))
-    assert "horse" in widget.steps.item(1).text()
+    assert NEW in widget.steps.item(1).text()
     assert (project / "model" / "model.json").is_file()  # the learned step is saved in the project
 
     # Predictions refresh (scene 4 was shown) and the new class is found on an annotated image.
@@ -231,18 +231,15 @@ def test_closing_the_window_during_training_keeps_the_model(make_napari_viewer, 
     assert len(session.model.groups) == 1
 
 
-def test_screenshot_shows_the_prediction(make_napari_viewer, qtbot, tmp_path):
-    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(4,), show=True)
-    panoptic, _ = predict(widget, qtbot, "scene 4")
-    viewer.layers["scene 4"].visible = False
-    panoptic.opacity = 1.0
-    shot = viewer.screenshot(canvas_only=True, flash=False)
-    assert shot.ndim == 3 and shot.shape[-1] == 4
-    rgb = shot[..., :3].reshape(-1, 3)
-    assert (rgb.sum(1) > 30).mean() > 0.2  # the labels cover a good part of the canvas
-    # The colours on screen are the predicted classes' colours.
-    colors = {tuple(int(255 * x) for x in panoptic.colormap.map(np.array([i]))[0][:3])
-              for i in panoptic.features["index"]}
-    present = {tuple(c) for c in np.unique(rgb, axis=0)}
-    close = [c for c in colors if any(sum(abs(a - b) for a, b in zip(c, p)) < 60 for p in present)]
-    assert len(close) >= len(colors) // 2, (len(close), len(colors))
+def test_screenshot_shows_the_prediction(tmp_path):
+    """In a fresh process (an OpenGL canvas shown after other viewers in one process can stay black under
+    Xvfb): the shown canvas holds the predicted segments' colours."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("screenshot_check.py")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "colours on screen" in out.stdout
+    assert (tmp_path / "screenshot.png").stat().st_size > 2_000  # a real PNG of flat colour regions
