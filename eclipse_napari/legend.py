@@ -14,7 +14,7 @@ class Legend(QTableWidget):
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.Stretch)
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(170)
 
     def set_classes(self, classes, pixel_counts=None) -> None:
         """One row per class; with counts (index = class id) the classes present come first."""

@@ -33,30 +33,36 @@ at a time. This module never imports napari, Qt or torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from model.atomic_io import atomic_write, atomic_write_json
-from model.panoptic_format import read_panoptic_png, write_panoptic_json, write_panoptic_png
+from model.atomic_io import atomic_write_json
+from model.panoptic_format import write_panoptic_json, write_panoptic_png
 
-VERSION = 1
-PROJECT_FILE = "project.json"
-MAX_INSTANCE_ID = 65535  # instance labels are stored as 16-bit PNGs
-
-
-class ProjectError(ValueError):
-    """A project folder or an input to it is invalid; nothing was written."""
+from .project_files import (
+    PROJECT_FILE,
+    VERSION,
+    ProjectError,
+    check_color,
+    check_image,
+    check_instances,
+    check_name,
+    default_color,
+    parse_index,
+    pixel_hash,
+    read_png,
+    safe_name,
+    same_panoptic,
+    unlink,
+    write_png,
+)
 
 
 @dataclass
@@ -93,9 +99,9 @@ class Project:
 
     def ensure_category(self, name: str, is_thing: bool, color: tuple[int, int, int] | None = None) -> int:
         """Return the id of class `name`, adding it if new; a given `color` replaces the stored one."""
-        _check_name(name, "class name")
+        check_name(name, "class name")
         isthing = int(bool(is_thing))
-        rgb = None if color is None else _check_color(color)
+        rgb = None if color is None else check_color(color)
         cat = self._category(name)
         if cat is not None:
             if cat["isthing"] != isthing:
@@ -109,18 +115,18 @@ class Project:
             self._commit(categories, self._images, self._entries)
             return cat["id"]
         cid = len(self._categories) + 1
-        new = {"id": cid, "name": name, "isthing": isthing, "color": rgb or _default_color(name)}
+        new = {"id": cid, "name": name, "isthing": isthing, "color": rgb or default_color(name)}
         self._commit([*self._categories, new], self._images, self._entries)
         return cid
 
     def save_annotation(self, image_key: str, image: np.ndarray, instances: np.ndarray, class_name: str) -> None:
         """Store `instances` of `class_name` on `image`; an all-zero label image removes the entry instead."""
-        _check_name(image_key, "image key")
-        _check_name(class_name, "class name")
+        check_name(image_key, "image key")
+        check_name(class_name, "class name")
         if self._category(class_name) is None:
             raise ProjectError(f"unknown class {class_name!r}: call ensure_category() first")
-        image = _check_image(image)
-        instances = _check_instances(instances, image.shape[:2])
+        image = check_image(image)
+        instances = check_instances(instances, image.shape[:2])
         if not instances.any():
             self.remove_annotation(image_key, class_name)
             return
@@ -134,10 +140,10 @@ class Project:
                 f"{others[0]['class']!r}), but the new image is {image.shape[0]}x{image.shape[1]}"
             )
 
-        digest = _pixel_hash(image)
+        digest = pixel_hash(image)
         images = list(self._images)
         if info is None:
-            stem = _safe_name(image_key, {Path(i["file"]).stem.lower() for i in self._images})
+            stem = safe_name(image_key, {Path(i["file"]).stem.lower() for i in self._images})
             info = {
                 "id": max((i["id"] for i in self._images), default=0) + 1,
                 "key": image_key,
@@ -148,18 +154,18 @@ class Project:
         if info.get("sha256") != digest or not (self.root / info["file"]).is_file():
             new_info = {**info, "width": int(image.shape[1]), "height": int(image.shape[0]), "sha256": digest}
             images = [new_info if i is info else i for i in images]
-            _write_png(self.root / info["file"], image)
+            write_png(self.root / info["file"], image)
 
         mask_file = entry["file"] if entry else f"masks/{self._class_dir(class_name)}/{stem}.png"
-        _write_png(self.root / mask_file, instances.astype("<u2"))
+        write_png(self.root / mask_file, instances.astype("<u2"))
         entries = [e for e in self._entries if e is not entry]
         entries.append({"image": image_key, "class": class_name, "file": mask_file})
         self._commit(self._categories, images, entries, changed=image_key)
 
     def remove_annotation(self, image_key: str, class_name: str) -> None:
         """Delete the stored annotation of `class_name` on `image_key` (no-op when there is none)."""
-        _check_name(image_key, "image key")
-        _check_name(class_name, "class name")
+        check_name(image_key, "image key")
+        check_name(class_name, "class name")
         entry = self._entry(image_key, class_name)
         if entry is None:
             return
@@ -171,10 +177,10 @@ class Project:
             images = [i for i in self._images if i is not orphan]
         self._commit(self._categories, images, entries, changed=image_key)
         # The index no longer refers to these files; a crash before this point only leaves orphans.
-        _unlink(self.root / entry["file"])
+        unlink(self.root / entry["file"])
         if orphan is not None:
-            _unlink(self.root / orphan["file"])
-            _unlink(self.root / "panoptic" / f"{Path(orphan['file']).stem}.png")
+            unlink(self.root / orphan["file"])
+            unlink(self.root / "panoptic" / f"{Path(orphan['file']).stem}.png")
 
     def annotations(self) -> list[Annotation]:
         """Everything stored, read back from disk, sorted by (image_key, class_name)."""
@@ -202,7 +208,7 @@ class Project:
             if e["class"] == class_name:
                 return PurePosixPath(e["file"]).parent.name
         taken = {PurePosixPath(e["file"]).parent.name.lower() for e in self._entries}
-        return _safe_name(class_name, taken)
+        return safe_name(class_name, taken)
 
     def _commit(self, categories: list, images: list, entries: list, changed: str | None = None) -> None:
         """Write project.json, then adopt the new state and regenerate the exports."""
@@ -225,7 +231,7 @@ class Project:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ProjectError(f"{path}: corrupt project file, not valid JSON ({e})") from e
         try:
-            self._categories, self._images, self._entries = _parse_index(data)
+            self._categories, self._images, self._entries = parse_index(data)
         except (ProjectError, KeyError, TypeError, ValueError) as e:
             raise ProjectError(f"{path}: corrupt project file: {e}") from e
 
@@ -236,9 +242,9 @@ class Project:
             key = e["image"]
             info = self._image_info(key)
             if key not in images:
-                images[key] = _read_png(self.root / info["file"], np.uint8)
+                images[key] = read_png(self.root / info["file"], np.uint8)
             image = images[key]
-            instances = _read_png(self.root / e["file"], np.uint16).astype(np.int32)
+            instances = read_png(self.root / e["file"], np.uint16).astype(np.int32)
             if instances.ndim != 2 or instances.shape != image.shape[:2]:
                 raise ProjectError(
                     f"{self.root / e['file']}: mask is {instances.shape}, its image {info['file']} is {image.shape}"
@@ -302,7 +308,7 @@ class Project:
             if e["image"] != key:
                 continue
             cat = cat_of[e["class"]]
-            labels = _read_png(self.root / e["file"], np.uint16).astype(np.int64)
+            labels = read_png(self.root / e["file"], np.uint16).astype(np.int64)
             if labels.shape != (height, width):
                 raise ProjectError(f"{self.root / e['file']}: mask is {labels.shape}, image is {(height, width)}")
             ids = np.unique(labels[labels > 0]).tolist()
@@ -340,186 +346,7 @@ class Project:
                 }
             )
         png = self.root / "panoptic" / f"{Path(info['file']).stem}.png"
-        if not _same_panoptic(png, id_map):
+        if not same_panoptic(png, id_map):
             png.parent.mkdir(exist_ok=True)
             write_panoptic_png(png, id_map)
         return segments, instance_anns
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _check_name(name: Any, what: str) -> None:
-    if not isinstance(name, str):
-        raise ProjectError(f"{what} must be a string, got {type(name).__name__}")
-    if not name.strip():
-        raise ProjectError(f"{what} must not be empty")
-
-
-def _check_color(color: Any) -> list[int]:
-    values = list(color) if isinstance(color, (list, tuple, np.ndarray)) else []
-    ok = len(values) == 3 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in values
-    )
-    if not ok:
-        raise ProjectError(f"color must be three integers in [0, 255], got {color!r}")
-    return [int(v) for v in values]
-
-
-def _default_color(name: str) -> list[int]:
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return [64 + b % 192 for b in digest[:3]]
-
-
-def _check_image(image: Any) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ProjectError(f"image must be uint8 (convert it first), got dtype {image.dtype}")
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-        raise ProjectError(f"image must be [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ProjectError(f"image is empty (shape {image.shape})")
-    return np.ascontiguousarray(image[..., :3] if image.ndim == 3 else image)
-
-
-def _check_instances(instances: Any, shape: tuple[int, ...]) -> np.ndarray:
-    instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise ProjectError(f"instances must be a 2-D label image, got shape {instances.shape}")
-    if not np.issubdtype(instances.dtype, np.integer):
-        raise ProjectError(f"instances must have an integer dtype, got {instances.dtype}")
-    if instances.shape != tuple(shape):
-        raise ProjectError(f"instances are {instances.shape} but the image is {tuple(shape)} (H, W)")
-    if instances.size and instances.min() < 0:
-        raise ProjectError(f"instance ids must be >= 0, got {instances.min()}")
-    if instances.size and instances.max() > MAX_INSTANCE_ID:
-        raise ProjectError(f"instance ids must be <= {MAX_INSTANCE_ID} (16-bit storage), got {instances.max()}")
-    return instances
-
-
-def _pixel_hash(image: np.ndarray) -> str:
-    h = hashlib.sha256(f"{image.shape}|{image.dtype.str}|".encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
-
-
-def _safe_name(name: str, taken: set[str]) -> str:
-    """An ASCII slug of `name` plus a hash of it, lengthened until its lower case is not in `taken`."""
-    slug = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", slug).strip("._-")[:40].strip("._-") or "x"
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
-    for n in range(10, len(digest) + 1):
-        candidate = f"{slug}-{digest[:n]}"
-        if candidate.lower() not in taken:
-            return candidate
-    raise ProjectError(f"no free file name for {name!r}")  # only with a full sha256 collision
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
-
-
-def _read_png(path: Path, dtype: type) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            array = np.array(im)
-    except (OSError, ValueError) as e:
-        raise ProjectError(f"{path}: cannot read ({e})") from e
-    if array.dtype != dtype:
-        raise ProjectError(f"{path}: expected {np.dtype(dtype).name} pixels, got {array.dtype}")
-    return array
-
-
-def _same_panoptic(path: Path, id_map: np.ndarray) -> bool:
-    """True when `path` already holds exactly `id_map` (saves a rewrite and fsync)."""
-    if not path.is_file():
-        return False
-    try:
-        old = read_panoptic_png(path)
-    except (OSError, ValueError):
-        return False
-    return old.shape == id_map.shape and bool(np.array_equal(old, id_map))
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _check_rel_path(value: Any, folder: str, what: str) -> str:
-    if not isinstance(value, str):
-        raise ProjectError(f"{what}: 'file' must be a string")
-    p = PurePosixPath(value)
-    if p.is_absolute() or ".." in p.parts or "\\" in value or len(p.parts) < 2 or p.parts[0] != folder:
-        raise ProjectError(f"{what}: file {value!r} is not a path under {folder}/")
-    return value
-
-
-def _parse_index(data: Any) -> tuple[list[dict], list[dict], list[dict]]:
-    """Check project.json's content; return (categories, images, annotations)."""
-    if not isinstance(data, dict):
-        raise ProjectError("expected a JSON object")
-    if data.get("version") != VERSION:
-        raise ProjectError(f"unsupported version {data.get('version')!r} (expected {VERSION})")
-    for field in ("categories", "images", "annotations"):
-        if not isinstance(data.get(field), list):
-            raise ProjectError(f"{field!r} must be a list")
-
-    categories = []
-    for i, c in enumerate(data["categories"]):
-        what = f"categories[{i}]"
-        if not isinstance(c, dict):
-            raise ProjectError(f"{what} is not an object")
-        if c.get("id") != i + 1 or isinstance(c.get("id"), bool):
-            raise ProjectError(f"{what}: id must be {i + 1}, got {c.get('id')!r}")
-        _check_name(c.get("name"), f"{what} name")
-        if c.get("isthing") not in (0, 1) or isinstance(c.get("isthing"), bool):
-            raise ProjectError(f"{what}: isthing must be 0 or 1, got {c.get('isthing')!r}")
-        categories.append(
-            {"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": _check_color(c.get("color"))}
-        )
-    names = [c["name"] for c in categories]
-    if len(set(names)) != len(names):
-        raise ProjectError("duplicate category names")
-
-    images = []
-    for i, im in enumerate(data["images"]):
-        what = f"images[{i}]"
-        if not isinstance(im, dict):
-            raise ProjectError(f"{what} is not an object")
-        _check_name(im.get("key"), f"{what} key")
-        for field in ("id", "width", "height"):
-            v = im.get(field)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ProjectError(f"{what}: {field} must be a positive integer, got {v!r}")
-        if not isinstance(im.get("sha256"), str):
-            raise ProjectError(f"{what}: sha256 must be a string")
-        _check_rel_path(im.get("file"), "images", what)
-        images.append({k: im[k] for k in ("id", "key", "file", "width", "height", "sha256")})
-    for field in ("id", "key", "file"):
-        values = [im[field] for im in images]
-        if len(set(values)) != len(values):
-            raise ProjectError(f"duplicate image {field}s")
-
-    keys, entries, seen = {im["key"] for im in images}, [], set()
-    for i, e in enumerate(data["annotations"]):
-        what = f"annotations[{i}]"
-        if not isinstance(e, dict):
-            raise ProjectError(f"{what} is not an object")
-        if e.get("image") not in keys:
-            raise ProjectError(f"{what}: image {e.get('image')!r} is not in 'images'")
-        if e.get("class") not in names:
-            raise ProjectError(f"{what}: class {e.get('class')!r} is not in 'categories'")
-        _check_rel_path(e.get("file"), "masks", what)
-        pair = (e["image"], e["class"])
-        if pair in seen:
-            raise ProjectError(f"{what}: image {pair[0]!r} has two annotations of class {pair[1]!r}")
-        seen.add(pair)
-        entries.append({"image": e["image"], "class": e["class"], "file": e["file"]})
-    files = [e["file"] for e in entries]
-    if len(set(files)) != len(files):
-        raise ProjectError("two annotations share a mask file")
-    return categories, images, entries

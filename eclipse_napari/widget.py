@@ -112,7 +112,7 @@ class EclipseWidget(QWidget):
         learn_box = box("Learn", form, row(self.learn_button, self.cancel_button), self.progress,
                          self.progress_label, self.report)
 
-        self.steps = QListWidget()
+        self.steps = QListWidget(wordWrap=True)
         self.undo_button = button("Remove last step", self.undo)
         self.export_button = button("Export step…", lambda: self.export_step(None))
         self.import_button = button("Import step…", lambda: self.import_step(None))

@@ -57,7 +57,14 @@ def main() -> int:
             layer.visible = layer.name in names
 
     def shot(name):
-        QApplication.processEvents()
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+            toast.close()  # toasts would cover the canvas (the widget shows the same messages)
+        viewer.reset_view()  # fit the image beside the docked widget
+        for _ in range(10):
+            QApplication.processEvents()
+            time.sleep(0.05)
         path = args.out / f"{name}.png"
         imsave(path, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
         print("wrote", path)

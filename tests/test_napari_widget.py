@@ -241,5 +241,5 @@ def test_screenshot_shows_the_prediction(tmp_path):
     script = Path(__file__).with_name("screenshot_check.py")
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "colours on screen" in out.stdout
+    assert "colours on screen: ok" in out.stdout
     assert (tmp_path / "screenshot.png").stat().st_size > 2_000  # a real PNG of flat colour regions
