@@ -1,6 +1,8 @@
 """Annotation layers <-> the project folder: one Labels layer per (new class, image layer), each plane
 of it stored as one annotation of the project (no Qt here; napari layers are passed in)."""
 
+import hashlib
+
 import numpy as np
 
 from . import layers as L
@@ -22,8 +24,13 @@ def new_layer_args(image, class_name: str, is_thing: bool) -> tuple[np.ndarray, 
                                        "scale": image.scale[: len(shape)], "translate": image.translate[: len(shape)]}
 
 
-def restore(layer, project: Project) -> int:
-    """Puts what the project holds for this layer's class and image back into it; returns planes restored."""
+def _digest(plane: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(plane, dtype=np.int32).tobytes()).hexdigest()
+
+
+def restore(layer, project: Project, saved: dict) -> int:
+    """Puts what the project holds for this layer's class and image back into it (noting it in `saved`,
+    as `save` does); returns the number of planes restored."""
     name, source = layer.metadata[L.CLASS_KEY], layer.metadata[L.SOURCE_KEY]
     stored = {a.image_key: a for a in project.annotations() if a.class_name == name}
     restored = 0
@@ -31,18 +38,26 @@ def restore(layer, project: Project) -> int:
         a = stored.get(L.plane_key(source, tuple(index)))
         if a is not None and a.instances.shape == layer.data.shape[-2:]:
             layer.data[index] = a.instances
+            saved[(layer.name, tuple(index))] = _digest(a.instances)
             restored += 1
     layer.refresh()
     return restored
 
 
-def save(layer, image, project: Project) -> None:
-    """Writes every plane of an annotation layer (an emptied plane removes its stored annotation)."""
+def save(layer, image, project: Project, saved: dict) -> None:
+    """Writes the planes of an annotation layer that changed since they were last saved (`saved` maps
+    (layer name, plane) to a hash of the stored labels; a never-saved empty plane counts as saved).
+    An emptied plane removes its stored annotation."""
     source, name = layer.metadata[L.SOURCE_KEY], layer.metadata[L.CLASS_KEY]
     for index in _plane_indices(layer.data.shape):
+        key = (layer.name, tuple(index))
+        instances = np.asarray(layer.data[tuple(index)]).astype(np.int32)
+        digest = _digest(instances)
+        if saved.get(key) == digest or (key not in saved and not instances.any()):
+            continue
         plane = to_model_plane(image.data[tuple(index)], image.rgb, image.contrast_limits)
-        project.save_annotation(L.plane_key(source, tuple(index)), plane,
-                                np.asarray(layer.data[tuple(index)]).astype(np.int32), name)
+        project.save_annotation(L.plane_key(source, tuple(index)), plane, instances, name)
+        saved[key] = digest
 
 
 def examples(project: Project, class_name: str) -> list:

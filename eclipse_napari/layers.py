@@ -76,18 +76,6 @@ def class_pixel_counts(semantic: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(semantic.ravel().clip(0, num_classes), minlength=num_classes + 1)
 
 
-def annotation_planes(data: np.ndarray, spatial_ndim: int = 2):
-    """[(index, instances)] for every plane of an annotation layer that holds at least one label."""
-    data = np.asarray(data)
-    lead = data.shape[: data.ndim - spatial_ndim]
-    out = []
-    for index in np.ndindex(*lead) if lead else [()]:
-        plane = data[index]
-        if plane.any():
-            out.append((tuple(int(i) for i in index), plane))
-    return out
-
-
 def plane_key(layer_name: str, index: tuple[int, ...]) -> str:
     """The project's name for one plane of an image layer: the layer name, plus the plane for stacks."""
     return layer_name if not index else f"{layer_name}[{','.join(str(i) for i in index)}]"

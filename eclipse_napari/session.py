@@ -21,8 +21,6 @@ from model.eclipse import EclipseModel
 from model.engine import Progress
 from model.interactive import Example, LearnConfig, LearnResult, learn_class
 
-MODEL_FOLDER = "model"  # inside the project folder
-
 
 class BusyError(RuntimeError):
     """The model is in use by another operation (training, prediction)."""

@@ -35,7 +35,7 @@ from .legend import Legend
 from .project import Project, ProjectError
 from .qt_helpers import box, button, row
 
-
+MODEL_FOLDER = "model"  # inside the project folder: the model with every learned step
 LEARN_ITERATIONS = 100  # = model.interactive.LearnConfig's; about 15 s for 3 images on 2 CPU threads
 
 
@@ -67,6 +67,7 @@ class EclipseWidget(QWidget):
         self._alive = [True]
         self.destroyed.connect(lambda *_, alive=self._alive, cancel=self._cancel: (alive.clear(), cancel.set()))
         self._dirty_layers: set[str] = set()
+        self._saved_planes: dict = {}  # (layer, plane) -> hash of what the project holds: strokes save one plane
         self._save_timer = QTimer(self, singleShot=True, interval=300, timeout=self.flush_annotations)
         self._build()
         self._set_project(Path(project_folder) if project_folder else default_project_folder())
@@ -158,10 +159,9 @@ class EclipseWidget(QWidget):
 
     def _on_loaded(self, session) -> None:
         self.session = session
-        saved = self.project.root / "model" if self.project else None
-        if saved is not None and (saved / "model.json").is_file():
+        if self.project is not None and (self._model_folder / "model.json").is_file():
             try:
-                session.replace_model(saved)
+                session.replace_model(self._model_folder)
             except Exception as exc:  # a damaged project model must not block the shipped one
                 self._notify(f"could not load the project's model ({exc}); using {session.source}", "warning")
         self._set_state(State.READY)
@@ -189,6 +189,7 @@ class EclipseWidget(QWidget):
     def _set_project(self, folder: Path) -> None:
         try:
             self.project = Project(folder)
+            self._saved_planes.clear()  # the hashes describe the previous project's files
         except (ProjectError, OSError) as exc:
             self._notify(f"cannot use {folder} as project folder: {exc}", "error")
             return
@@ -196,7 +197,7 @@ class EclipseWidget(QWidget):
 
     @property
     def _model_folder(self) -> Path:
-        return self.project.root / "model"
+        return self.project.root / MODEL_FOLDER
 
     # ================================================================= workers
     def _start(self, function, *args, on_done, state: State, **kwargs):
@@ -233,11 +234,6 @@ class EclipseWidget(QWidget):
         if self._worker is not None:
             self._cancel.set()
             self.progress_label.setText("cancelling…")
-
-    def wait(self, msecs: int = 60_000) -> None:
-        """Blocks until the current worker ends (tests, closing)."""
-        if self._worker is not None:
-            self._worker.await_workers(msecs)
 
     # ================================================================= predict
     def _image_layer(self):
@@ -334,7 +330,7 @@ class EclipseWidget(QWidget):
             layer = self.viewer.layers[kwargs["name"]]
         else:
             layer = self.viewer.add_labels(data, **kwargs)
-            annotations.restore(layer, self.project)
+            annotations.restore(layer, self.project, self._saved_planes)
             layer.brush_size = 8
             for event in (layer.events.paint, layer.events.data):
                 event.connect(lambda *_, n=layer.name: self._annotation_changed(n))
@@ -355,7 +351,7 @@ class EclipseWidget(QWidget):
             if source not in self.viewer.layers:
                 continue
             try:
-                annotations.save(layer, self.viewer.layers[source], self.project)
+                annotations.save(layer, self.viewer.layers[source], self.project, self._saved_planes)
             except (ProjectError, ValueError, OSError) as exc:
                 self._notify(f"could not save the annotations of {name!r}: {exc}", "error")
         self._dirty_layers.clear()
@@ -442,8 +438,7 @@ class EclipseWidget(QWidget):
         return True
 
     def undo(self) -> bool:
-        removed = []
-        ok = self._guarded(lambda: removed.append(self.session.undo(self._model_folder)), "Removed the last step")
+        ok = self._guarded(lambda: self.session.undo(self._model_folder), "Removed the last step")
         if ok:
             QTimer.singleShot(0, self._repredict)
         return ok
