@@ -48,9 +48,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from model.build import build_model
-    from model.config import default_config
-    from model.engine import TrainConfig, Trainer
+    from model.network.build import build_model
+    from model.network.config import default_config
+    from model.training.engine import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def build(config_name: str, steps: int, prompts: int, classes: int):
     import torch
 
-    from model.build import build_model
-    from model.config import CONFIGS
+    from model.network.build import build_model
+    from model.network.config import CONFIGS
 
     torch.manual_seed(0)
     config = CONFIGS[config_name]()
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         print(f"{'':<10}fitted cost per step: {r['fitted_cost_per_step'] * 100:+.1f}%; "
               f"peak RSS with {args.steps} steps: {r['memory_with_steps']['peak_rss_mib']:.0f} MiB")
     if args.out:
-        from model.atomic_io import atomic_write_json
+        from model.io.atomic import atomic_write_json
 
         atomic_write_json(args.out, {"settings": vars(args) | {"out": str(args.out)}, "results": results})
     return 0

@@ -23,12 +23,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eclipse_napari.session import default_model_path
-from model.atomic_io import atomic_write_json, atomic_write_text
-from model.checkpoints import load_model
+from eclipse_napari.resources import shipped_base_path
+from model.data.labelled import LabelledImage
 from model.data.scenes import SCENE_CLASSES, generate_scene
-from model.evaluation import LabelledImage, evaluate, merge, predict_raw, select_deltas
-from model.interactive import Example, LearnConfig, _labelled, learn_class
+from model.evaluation.deltas import select_deltas
+from model.evaluation.evaluate import evaluate
+from model.interactive.config import Example, LearnConfig
+from model.interactive.learn import _labelled, learn_class
+from model.io.atomic import atomic_write_json, atomic_write_text
+from model.io.model_files import load_model
+from model.training.progress import RunState
 
 TRAIN_SEED, VAL_SEED = 101, 102  # scenes the shipped model never saw (it was trained on seed 0)
 
@@ -75,7 +79,7 @@ def run(model, examples, class_name, is_thing, config, snapshot_every: float, lo
     def callback(p):
         nonlocal next_at
         now = time.perf_counter() - start
-        if now >= next_at and p.state == "running":
+        if now >= next_at and p.state == RunState.RUNNING:
             group = model.groups[-1]
             snapshots.append((now, p.iteration, {k: v.detach().clone() for k, v in group.state_dict().items()}))
             next_at += snapshot_every
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
     names = [c.name for c in SCENE_CLASSES]
     class_id = names.index(args.class_name) + 1
     is_thing = SCENE_CLASSES[class_id - 1].isthing
-    model = load_model(default_model_path()).eval()
+    model = load_model(shipped_base_path()).eval()
     num_base, new_id = model.num_classes, model.num_classes + 1
     if class_id <= num_base:
         raise SystemExit(f"{args.class_name!r} is already a class of the shipped model")
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
     log(f"teaching {args.class_name!r} from {len(examples)} images "
         f"({sum(int(e.instances.max()) for e in examples)} instances); {len(val)} held-out scenes")
 
-    reference = [merge(model, predict_raw(model, e.image)) for e in examples]  # before the step, as Learn
+    reference = [model.predict(e.image) for e in examples]  # before the step, as Learn
     default = LearnConfig()
     config = LearnConfig(iterations=args.iterations or default.iterations, lr=args.lr or default.lr)
     result, total, snapshots = run(model, examples, args.class_name, is_thing, config, args.snapshot_every, log)
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
     # The long reference run, from the same base model (--long-iterations 0 skips it).
     long = None
     if args.long_iterations > 0:
-        long_model = load_model(default_model_path()).eval()
+        long_model = load_model(shipped_base_path()).eval()
         long_config = LearnConfig(iterations=args.long_iterations, lr=config.lr)
         _, long_total, _ = run(long_model, examples, args.class_name, is_thing, long_config, 1e9, log)
         long = {"iterations": long_config.iterations, "lr": long_config.lr, "seconds": round(long_total, 1),

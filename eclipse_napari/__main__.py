@@ -23,8 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"not found: {', '.join(missing)}")
     import napari
 
-    from .sample_data import make_sample_data
-    from .widget import EclipseWidget
+    from .plugin.sample_data import make_sample_data
+    from .plugin.widget import EclipseWidget
 
     viewer = napari.Viewer(title="ECLIPSE: learn new classes without forgetting")
     if args.images:

@@ -20,17 +20,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .atomic_io import atomic_write_json
-from .baselines import extend_base_classes
-from .checkpoints import load_model, save_model
+from .data.augment import AugmentConfig
 from .data.coco_panoptic import PanopticDataset
+from .data.labelled import LabelledImage, labelled_images
 from .data.scenarios import Scenario, eval_groups, select_step_images, step_keep_ids
-from .data.training_set import StepTrainingSet, labelled_images
-from .data.transforms import AugmentConfig
-from .eclipse import EclipseModel
-from .engine import Progress, TrainConfig, train
-from .training import LossConfig
-from .evaluation import LabelledImage, evaluate, merge, predict_raw, select_deltas
+from .data.training_set import StepTrainingSet
+from .evaluation.deltas import select_deltas
+from .evaluation.evaluate import evaluate
+from .io.atomic import atomic_write_json
+from .io.model_files import load_model, save_model
+from .network.eclipse import EclipseModel
+from .training.baselines import extend_base_classes
+from .training.criterion import LossConfig
+from .training.engine import TrainConfig, train
+from .training.progress import Progress
 
 METHODS = ("eclipse", "finetune", "joint")
 
@@ -170,7 +173,7 @@ class ContinualBenchmark:
                 continue
             names, things, colors = class_specs(self.train_set, scenario, t)
             train_ids, heldout = self._heldout(t) if s.delta == "auto" else (self.step_images[t], [])
-            reference = [merge(model, predict_raw(model, h.image)) for h in heldout]
+            reference = [model.predict(h.image) for h in heldout]
             model.add_step(names, things, s.prompts_per_step, colors)
             start = time.perf_counter()
             result = self._train(model, train_ids, step_keep_ids(scenario, t), s.iterations_per_step, s.step_lr,

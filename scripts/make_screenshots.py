@@ -27,8 +27,8 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
     from skimage.io import imsave
 
-    from eclipse_napari.sample_data import SAMPLE_NEW_CLASS, class_instances, make_sample_data
-    from eclipse_napari.widget import EclipseWidget, State
+    from eclipse_napari.plugin.sample_data import SAMPLE_NEW_CLASS, class_instances, make_sample_data
+    from eclipse_napari.plugin.widget import EclipseWidget, State
 
     viewer = napari.Viewer(title="ECLIPSE")
     viewer.window.resize(1500, 1000)

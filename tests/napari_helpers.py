@@ -12,8 +12,8 @@ needs_display = pytest.mark.skipif(
 
 def open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2, 3, 4), show=False, **kwargs):
     """A viewer with sample scenes and the docked widget, its model loaded."""
-    from eclipse_napari.sample_data import sample_scene
-    from eclipse_napari.widget import EclipseWidget, State
+    from eclipse_napari.plugin.sample_data import sample_scene
+    from eclipse_napari.plugin.widget import EclipseWidget, State
 
     viewer = make_napari_viewer(show=show)
     for n in scenes:
@@ -25,7 +25,7 @@ def open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2, 3, 4), show=F
 
 
 def wait_ready(widget, qtbot, timeout=120_000):
-    from eclipse_napari.widget import State
+    from eclipse_napari.plugin.widget import State
 
     qtbot.waitUntil(lambda: widget.state == State.READY and widget._worker is None, timeout=timeout)
 

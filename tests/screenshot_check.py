@@ -13,8 +13,8 @@ def main(out: Path) -> int:
     from qtpy.QtWidgets import QApplication
     from skimage.io import imsave
 
-    from eclipse_napari.sample_data import sample_scene
-    from eclipse_napari.widget import EclipseWidget, State
+    from eclipse_napari.plugin.sample_data import sample_scene
+    from eclipse_napari.plugin.widget import EclipseWidget, State
 
     def wait(condition, timeout=120.0):
         end = time.time() + timeout

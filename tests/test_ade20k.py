@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eclipse_napari import convert_ade20k as cli
+from eclipse_napari.cli import convert_ade20k as cli
 from model.data.ade20k import (
     ade20k_instance_mapping,
     ade_image_to_panoptic,
     convert_ade20k_panoptic,
 )
-from model.datasets import ade20k_categories
-from model.panoptic_format import rgb2id
+from model.data.categories import ade20k_categories
+from model.io.panoptic_format import rgb2id
 
 H, W = 32, 40
 # 150-class ids (stuff: wall 1, sky 3, floor 4; things: person 13, door 15, chair 20, car 21) and the

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from model.backbones import (
+from model.network.backbones import (
     BACKBONE_NAMES,
     EfficientNetLiteBackbone,
     build_backbone,

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from eclipse_napari.bench import main
-from model.checkpoints import load_model
+from eclipse_napari.cli.bench import main
+from model.io.model_files import load_model
+from model.network.build import build_model
+from model.network.config import tiny_config
 
 TINY = ["--scenes", "24", "6", "--scenes-size", "64", "--backbone", "tiny", "--base-iterations", "3",
         "--iterations", "2", "--batch-size", "2", "--threads", "1"]
@@ -69,3 +72,23 @@ def test_bench_under_torchrun_with_two_gloo_processes(data_root, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["world_size"] == 2 and list(data["methods"]) == ["eclipse"]
     assert run.stdout.count("ECLIPSE (delta auto)") == 1, "only rank 0 reports"
+
+
+def test_torchrun_ranks_average_gradients_and_stay_identical(tmp_path):
+    """Each rank draws its own batches (so its own losses); with gradients averaged across ranks every
+    rank takes the same step, so their weights stay equal. Without the all-reduce they would differ."""
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "tests" / "ddp_worker.py"), str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert not torch.equal(a.pop("losses"), b.pop("losses")), "the ranks must have seen different batches"
+    torch.manual_seed(0)
+    initial = build_model(tiny_config(), ["bar", "sky"], [True, False], backbone_weights="random").state_dict()
+    trained = [k for k in a if not torch.equal(a[k], initial[k])]
+    assert len(trained) > 10, "the weights must have moved"
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

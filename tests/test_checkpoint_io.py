@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.atomic_io import atomic_path, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
-from model.checkpoint_io import (
+from model.io.atomic import atomic_path, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+from model.io.tensor_files import (
     CheckpointError,
     load_tensor_file,
     load_torch_weights_only,
@@ -339,3 +339,12 @@ def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path)
         pytest.fail("could not produce a header length whose first byte is 0x80")
     tensors, meta = load_tensor_file(path, kind="eclipse-step")
     assert torch.equal(tensors["w"], torch.ones(3)) and meta["pad"].startswith("x")
+
+
+def test_saved_files_get_the_usual_mode_not_private(tmp_path):
+    """A step file is meant to be shared: it gets the mode of any new file (0o666 minus the umask)."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    path = tmp_path / "step.safetensors"
+    save_tensor_file(path, {"a": torch.zeros(3)}, "eclipse-step", {})
+    assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -6,9 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model.build import build_model
-from model.checkpoint_io import CheckpointError
-from model.checkpoints import (
+from model.io.model_files import (
     BASE_FILE,
     MANIFEST_FILE,
     base_fingerprint,
@@ -20,7 +18,9 @@ from model.checkpoints import (
     save_step,
     step_file_name,
 )
-from model.config import tiny_config
+from model.io.tensor_files import CheckpointError
+from model.network.build import build_model
+from model.network.config import tiny_config
 
 BASE_NAMES = ["person", "car", "sky", "road"]
 BASE_THING = [True, True, False, False]
@@ -363,9 +363,9 @@ def test_remove_last_step_after_load_model_matches_in_memory_undo(tmp_path):
 
 def test_step_files_record_the_deltas_in_effect_after_their_step(tmp_path):
     """Re-tuning deltas after step 2 must not leak into step 1's file: undo after reload == undo in memory."""
-    from model.build import build_model
-    from model.checkpoints import load_model, save_model
-    from model.config import tiny_config
+    from model.io.model_files import load_model, save_model
+    from model.network.build import build_model
+    from model.network.config import tiny_config
 
     torch.manual_seed(3)
     model = build_model(tiny_config(), ["a", "b"], [True, False])

@@ -8,16 +8,16 @@ import skimage.io
 import tifffile
 import torch
 from PIL import Image
-
-from eclipse_napari import convert as convert_cli
-from eclipse_napari import predict as predict_cli
-from model.build import build_model
-from model.checkpoints import load_model, save_model
-from model.config import tiny_config
-from model.convert import convert_official
-from model.datasets import class_list
-from model.panoptic_format import rgb2id
 from reference_weights import official_state_dict
+
+from eclipse_napari.cli import convert as convert_cli
+from eclipse_napari.cli import predict as predict_cli
+from model.data.categories import class_list
+from model.io.model_files import load_model, save_model
+from model.io.official_checkpoint import convert_official
+from model.io.panoptic_format import rgb2id
+from model.network.build import build_model
+from model.network.config import tiny_config
 
 
 class NotATensor:
@@ -197,14 +197,3 @@ def test_predict_refuses_bad_images(tiny_model_folder, tmp_path, capsys, kind):
     assert err.startswith("error:") and bad.name in err
     assert not out.exists()  # refused before anything was written
 
-
-def test_to_rgb_uint8_rules():
-    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
-    rgba[..., 0], rgba[..., 3] = 7, 255
-    assert predict_cli.to_rgb_uint8(rgba, "x")[0, 0].tolist() == [7, 0, 0]
-    ramp = np.linspace(-1.0, 3.0, 20).reshape(4, 5)
-    out = predict_cli.to_rgb_uint8(ramp, "x")
-    assert out.shape == (4, 5, 3) and out.min() == 0 and out.max() == 255
-    assert predict_cli.to_rgb_uint8(np.full((3, 3), 9, np.uint16), "x").max() == 0
-    with pytest.raises(ValueError, match="NaN"):
-        predict_cli.to_rgb_uint8(np.array([[np.nan, 1.0]]), "x")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from model.data.coco_panoptic import PanopticDataset, PanopticSample, build_targets
-from model.panoptic_format import write_panoptic_png
+from model.io.panoptic_format import write_panoptic_png
 
 # Gapped dataset ids, in this file order: two things, two stuff.
 CATEGORIES = [

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from training_helpers import compute_loss
 
-from model.build import build_model
-from model.config import paper_config, tiny_config
-from model.training import LossConfig, build_criterion, compute_loss
+from model.network.build import build_model
+from model.network.config import paper_config, tiny_config
+from model.training.criterion import LossConfig, build_criterion
 
 
 def _names(prefix, n):

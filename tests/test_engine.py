@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from model.build import build_model
-from model.config import tiny_config
-from model.engine import NonFiniteLossError, TrainConfig, train
-from model.training import LossConfig
+from model.network.build import build_model
+from model.network.config import tiny_config
+from model.training.criterion import LossConfig
+from model.training.engine import NonFiniteLossError, TrainConfig, train
 
 
 class Shapes:
@@ -66,6 +66,7 @@ def test_step_t_uses_the_cache_and_trains_only_the_step(base_model):
 
 
 def test_resume_continues_exactly(base_model, tmp_path):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # exact comparisons need the same reduction order
     try:
         a = base_model
@@ -78,12 +79,16 @@ def test_resume_continues_exactly(base_model, tmp_path):
         config = _config(iterations=6, checkpoint_every=3)
         r = train(b, Shapes((1, 2)), config, state_path=state, cancel=lambda: next(calls) >= 4)
         assert r.state == "cancelled" and r.iterations == 4
-        r2 = train(b, Shapes((1, 2)), config, state_path=state, resume=True)
+        saved_seconds = float(torch.load(state, weights_only=True)["seconds"])
+        progress = []
+        r2 = train(b, Shapes((1, 2)), config, state_path=state, resume=True, callback=progress.append)
         assert r2.iterations == 6 and len(r2.losses) == 6
+        # Time before the interruption counts, so "time left" (seconds per iteration) stays honest.
+        assert saved_seconds > 0 and progress[0].iteration == 4 and progress[0].seconds > saved_seconds
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(va, vb), k
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
 
 
 def test_cancel_before_start_changes_nothing(base_model):
@@ -98,7 +103,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(base_model, monkeypatch
     data = Shapes((4, 5))
     train(base_model, data, _config(iterations=2))
     good = {k: v.clone() for k, v in base_model.state_dict().items()}
-    import model.engine as engine
+    import model.training.engine as engine
 
     original = engine.predictions_from_features
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.build import build_model
-from model.config import tiny_config
+from model.network.build import build_model
+from model.network.config import tiny_config
 
 
 @pytest.fixture(scope="module")

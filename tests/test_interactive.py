@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.build import build_model
-from model.config import tiny_config
-from model.interactive import Example, LearnConfig, learn_class
+from model import Example, LearnConfig, learn_class
+from model.network.build import build_model
+from model.network.config import tiny_config
 
 FAST = LearnConfig(iterations=6, batch_size=2, num_points=256, augment_variants=2)
 

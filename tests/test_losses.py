@@ -4,15 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.losses import (
+from model.training.losses import (
     SetCriterion,
+    calculate_uncertainty,
     dice_loss,
     get_uncertain_point_coords_with_randomness,
-    calculate_uncertainty,
     sigmoid_bce_loss,
     sigmoid_focal_loss,
 )
-from model.matcher import HungarianMatcher, point_sample
+from model.training.matcher import HungarianMatcher, point_sample
 
 K = 4  # classes 1..K, logit column K is no-object
 
@@ -212,8 +212,8 @@ def test_default_point_count_runs():
 
 
 def test_no_object_weight_scales_only_unmatched_no_object_targets():
-    from model.losses import CLASS_LOSS_SCALE, SetCriterion, sigmoid_focal_loss
-    from model.matcher import HungarianMatcher
+    from model.training.losses import CLASS_LOSS_SCALE, SetCriterion, sigmoid_focal_loss
+    from model.training.matcher import HungarianMatcher
 
     logits = torch.randn(1, 3, 4)  # 3 queries, 3 classes + no-object
     targets = [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 8, 8, dtype=torch.bool)}]

@@ -9,11 +9,12 @@ PanopticQuality. Two stuff classes (top and bottom halves), three things: two in
 import numpy as np
 import pytest
 import torch
+from training_helpers import compute_loss
 
-from model.build import build_model
-from model.config import tiny_config
-from model.metrics import PanopticQuality
-from model.training import LossConfig, build_criterion, compute_loss
+from model.evaluation.metrics import PanopticQuality
+from model.network.build import build_model
+from model.network.config import tiny_config
+from model.training.criterion import LossConfig, build_criterion
 
 SIZE = 64
 CLASS_NAMES = ["sky", "grass", "box", "disc"]  # 1-based ids 1..4

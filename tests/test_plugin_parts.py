@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eclipse_napari import image_input as I
-from eclipse_napari import layers as L
+from eclipse_napari.plugin import image_input as I
+from eclipse_napari.plugin import layers as L
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_installed_plugin_is_discovered_by_npe2():
 
 
 def test_sample_scenes_hold_known_and_new_classes():
-    from eclipse_napari.sample_data import SAMPLE_NEW_CLASS, class_instances, make_sample_data, sample_scene
+    from eclipse_napari.plugin.sample_data import SAMPLE_NEW_CLASS, class_instances, make_sample_data, sample_scene
     from model.data.scenes import SCENE_CLASSES
 
     layers = make_sample_data()
@@ -64,16 +64,19 @@ def test_layer_planes_and_dtypes():
         I.plane_indices((20, 30, 2), True, None)
     with pytest.raises(I.LayerInputError, match="outside"):
         I.plane_indices(stack.shape, False, (2, 0))
-    with pytest.raises(I.LayerInputError, match="dtype bool"):
-        I.to_model_plane(np.zeros((20, 20), bool), False)
+    mask = np.zeros((20, 20), bool)
+    mask[:5] = True
+    assert np.unique(I.to_model_plane(mask, False)).tolist() == [0, 255]  # the package's one rule
+    with pytest.raises(I.LayerInputError, match="pixel type complex"):
+        I.to_model_plane(np.zeros((20, 20), np.complex64), False)
     with pytest.raises(I.LayerInputError, match="not finite"):
         I.to_model_plane(np.zeros((20, 20), np.float32), False, (0, float("nan")))
 
 
 def test_stacked_predictions_have_unique_ids_features_and_class_colours():
-    from eclipse_napari.session import Prediction
-    from model.classes import ClassSpec
-    from model.postprocess import Segment
+    from eclipse_napari.plugin.session import Prediction
+    from model.network.classes import ClassSpec
+    from model.network.postprocess import Segment
 
     classes = [ClassSpec("sky", False, (0, 0, 255)), ClassSpec("disc", True, (255, 0, 0))]
     pan = np.array([[1, 1, 2], [1, 3, 3]], np.int32)
@@ -94,7 +97,7 @@ def test_stacked_predictions_have_unique_ids_features_and_class_colours():
 
 
 def test_session_refuses_concurrent_use_and_undo_of_the_base(tmp_path):
-    from eclipse_napari.session import BusyError, Session
+    from eclipse_napari.plugin.session import BusyError, Session
 
     session = Session.open()
     assert [s.step for s in session.steps()] == [0]
@@ -111,14 +114,9 @@ def test_widget_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, eclipse_napari.widget, eclipse_napari.sample_data; print('torch' in sys.modules)"
+    code = ("import sys, eclipse_napari.plugin.widget, eclipse_napari.plugin.sample_data, model; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
 
-
-def test_widget_defaults_follow_learn_config():
-    from eclipse_napari.widget import LEARN_ITERATIONS
-    from model.interactive import LearnConfig
-
-    assert LEARN_ITERATIONS == LearnConfig().iterations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.postprocess import (
+from model.network.postprocess import (
     PanopticResult,
     Segment,
     panoptic_merge,

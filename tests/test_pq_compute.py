@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eclipse_napari.evaluate import main
-from model.panoptic_format import (
+from eclipse_napari.cli.evaluate import main
+from model.evaluation.pq_compute import pq_compute
+from model.io.panoptic_format import (
     id2rgb,
     read_panoptic_json,
     read_panoptic_png,
@@ -16,7 +17,6 @@ from model.panoptic_format import (
     write_panoptic_json,
     write_panoptic_png,
 )
-from model.pq_compute import pq_compute
 
 EXACT = dict(rel=1e-12, abs=1e-12)
 # Gapped COCO-style ids, listed in the gt json in this order.

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from eclipse_napari.project import Annotation, Project, ProjectError
-from model.panoptic_format import read_panoptic_json, read_panoptic_png, rgb2id
+from eclipse_napari.plugin.project import Annotation, Project, ProjectError
+from model.io.panoptic_format import read_panoptic_json, read_panoptic_png, rgb2id
 
 RNG = np.random.default_rng(0)
 
@@ -388,7 +388,7 @@ def test_panoptic_export_reads_as_dataset(project):
 
 
 def test_module_imports_no_gui_or_torch():
-    code = "import sys, eclipse_napari.project; print(sorted({'torch', 'napari', 'qtpy', 'PyQt5'} & set(sys.modules)))"
+    code = "import sys, eclipse_napari.plugin.project; print(sorted({'torch', 'napari', 'qtpy', 'PyQt5'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

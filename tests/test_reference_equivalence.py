@@ -7,10 +7,11 @@ converter, and our model must reproduce the official arrays within the README's 
 import numpy as np
 import pytest
 import torch
-
-from model.convert import convert_official
-from model.datasets import class_list
 from reference_weights import official_state_dict
+
+from model.data.categories import class_list
+from model.io.official_checkpoint import convert_official
+from model.network.logit_manipulation import manipulate_logits
 
 FEATURE_ATOL, LOGIT_ATOL, MASK_ATOL = 1e-4, 2e-5, 2e-4
 
@@ -21,6 +22,12 @@ def converted(request, reference_dir):
     state = official_state_dict(reference_dir / f"manifest_step{step}.json")
     model = convert_official(state, class_list("ade20k")).eval()
     return step, model, reference_dir
+
+
+def _manipulate(model, logits: torch.Tensor) -> torch.Tensor:
+    """Logit manipulation with the model's groups and deltas, as its inference applies it."""
+    groups = model.groups
+    return manipulate_logits(logits, [g.num_queries for g in groups], [g.num_classes for g in groups], model.deltas)
 
 
 def _close(ours: torch.Tensor, theirs: np.ndarray, atol: float, what: str) -> None:
@@ -63,7 +70,7 @@ def test_full_model(converted):
         assert np.array_equal(out.blocked[i].numpy(), outs[f"attn_mask_{i}"]), f"attention mask of layer {i}"
     _close(out.logits[-1], outs["raw_class_logits"], LOGIT_ATOL, "raw_class_logits")
     for i, logits in enumerate(out.logits):
-        _close(model.manipulate(logits), outs["layer_pred_logits"][i], LOGIT_ATOL, f"layer {i} logits")
+        _close(_manipulate(model, logits), outs["layer_pred_logits"][i], LOGIT_ATOL, f"layer {i} logits")
     if "pred_masks" in outs:
         _close(out.mask_logits(mask_features), outs["pred_masks"], MASK_ATOL, "pred_masks")
 
@@ -87,19 +94,19 @@ def test_decoder_fixture(converted):
         assert np.array_equal(out.blocked[i].numpy(), fx[f"{p}attn_mask_{i}"]), f"attention mask of layer {i}"
     _close(out.logits[-1], fx[p + "raw_class_logits"], LOGIT_ATOL, "raw logits")
     for i, logits in enumerate(out.logits):
-        _close(model.manipulate(logits), fx[p + "layer_pred_logits"][i], LOGIT_ATOL, f"layer {i}")
-    _close(model.manipulate(out.logits[-1]), fx[p + "pred_logits"], LOGIT_ATOL, "pred_logits")
+        _close(_manipulate(model, logits), fx[p + "layer_pred_logits"][i], LOGIT_ATOL, f"layer {i}")
+    _close(_manipulate(model, out.logits[-1]), fx[p + "pred_logits"], LOGIT_ATOL, "pred_logits")
     if step == 1:
         _close(out.mask_logits(mask_features), fx["step1_pred_masks"], MASK_ATOL, "pred_masks")
         for name, deltas in (("neg", [-0.4, -0.5]), ("zero", [0.0, 0.0])):
             model.set_deltas(deltas)
-            _close(model.manipulate(out.logits[-1]), fx[f"step1_deltas_{name}_pred_logits"], LOGIT_ATOL, name)
+            _close(_manipulate(model, out.logits[-1]), fx[f"step1_deltas_{name}_pred_logits"], LOGIT_ATOL, name)
         model.set_deltas([0.4, 0.5])
 
 
 def test_step_files_from_converted_checkpoint(converted, tmp_path):
     """The converted model splits into a base file and step files that load back bit-exactly."""
-    from model.checkpoints import load_model, save_model
+    from model.io.model_files import load_model, save_model
 
     step, model, _ = converted
     folder = save_model(model, tmp_path / "converted")

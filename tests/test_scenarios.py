@@ -4,19 +4,17 @@ import dataclasses
 
 import pytest
 
+from model.data.categories import COCO_83_ORDER, coco_panoptic_categories
 from model.data.scenarios import (
     SCENARIOS,
     Scenario,
     eval_groups,
     get_scenario,
-    keep_segments,
     scenario_table,
     scene_scenario,
-    segments_by_image,
     select_step_images,
     step_keep_ids,
 )
-from model.datasets import COCO_83_ORDER, coco_panoptic_categories
 
 EXPECTED = {  # name: (classes, base, increment, steps, queries, prompts, iterations per step)
     "ade-panoptic-100-5": (150, 100, 5, 10, 100, 10, 12_000),
@@ -83,21 +81,19 @@ def test_id_round_trips(name):
     for lid in range(1, s.num_classes + 1):
         did = s.dataset_id(lid)
         assert s.learning_id(did) == lid == class_of[did]
-        assert did in s.step_classes(s.step_of(lid))
-        assert lid in s.step_learning_ids(s.step_of(lid))
+        step = next(t for t in range(s.num_steps + 1) if did in s.step_classes(t))
+        assert s.classes_up_to(step - 1) < lid <= s.classes_up_to(step) if step else lid <= s.num_base
     class_of.clear()  # a copy: the scenario is unaffected
     assert s.learning_id(s.class_order[0]) == 1
 
 
-def test_step_of_boundaries():
+def test_step_boundaries():
     s = SCENARIOS["ade-panoptic-100-5"]
-    assert [s.step_of(i) for i in (1, 100, 101, 105, 106, 150)] == [0, 0, 1, 1, 2, 10]
-    assert s.old_ids() == tuple(range(1, 101)) and s.new_ids() == tuple(range(101, 151))
     assert s.classes_up_to(0) == 100 and s.classes_up_to(3) == 115
     with pytest.raises(ValueError, match="learning id"):
         s.dataset_id(0)
     with pytest.raises(ValueError, match="learning id"):
-        s.step_of(151)
+        s.dataset_id(151)
     with pytest.raises(ValueError, match="step"):
         s.step_classes(11)
     with pytest.raises(ValueError, match="not in this scenario"):
@@ -124,10 +120,6 @@ def test_overlap_selection_and_keep_ids():
     assert select_step_images(anns, s, 0) == ["old_only", "step1_with_old_and_future", "step1_crowd_only"]
     assert step_keep_ids(s, 1) == frozenset({5, 6})
     assert step_keep_ids(s, 0) == frozenset({1, 2, 3, 4})
-    kept = keep_segments(anns["step1_with_old_and_future"], s, 1)
-    assert [seg["category_id"] for seg in kept] == [5]
-    panoptic = {"annotations": [{"image_id": k, "file_name": f"{k}.png", "segments_info": v} for k, v in anns.items()]}
-    assert segments_by_image(panoptic) == anns
 
 
 def test_eval_groups():
@@ -167,7 +159,7 @@ def test_class_order_must_be_a_tuple():
 
 def test_scene_scenario_builder():
     s = scene_scenario(16, 4, category_ids=range(1, 27))  # 26 ids: 16 + 2*4 = 24 used, 2 left out
-    assert s.num_steps == 2 and s.class_order == tuple(range(1, 25)) and not s.contains(25)
+    assert s.num_steps == 2 and s.class_order == tuple(range(1, 25)) and 25 not in s.class_of
     assert scene_scenario(16, 4, category_ids=range(1, 27), num_steps=1).num_classes == 20
     assert scene_scenario(20, 4).name == "scenes-20-4"  # lazy import or the 1..24 fallback
     with pytest.raises(ValueError, match="do not hold"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eclipse_napari import make_scenes
+from eclipse_napari.cli import make_scenes
 from model.data.scenes import (
     MIN_VISIBLE_FRACTION,
     SCENE_CATEGORIES,
@@ -14,8 +14,8 @@ from model.data.scenes import (
     generate_scene,
     write_scenes,
 )
-from model.panoptic_format import read_panoptic_json, read_panoptic_png, rgb2id
-from model.pq_compute import pq_compute
+from model.evaluation.pq_compute import pq_compute
+from model.io.panoptic_format import read_panoptic_json, read_panoptic_png, rgb2id
 
 ISTHING = {c["id"]: bool(c["isthing"]) for c in SCENE_CATEGORIES}
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from eclipse_napari.bench_setup import shipped_base_path
-from model.checkpoints import load_model
+from eclipse_napari.resources import shipped_base_path
 from model.data.scenarios import get_scenario
 from model.data.scenes import SCENE_CATEGORIES, VAL_INDEX_OFFSET, generate_scene
-from model.metrics import PanopticQuality
+from model.evaluation.metrics import PanopticQuality
+from model.io.model_files import load_model
 
 
 def test_shipped_base_model_segments_scenes():

@@ -7,8 +7,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from model.data import augment as A
 from model.data import transforms as T
-from model.data.transforms import AugmentConfig
+from model.data.augment import AugmentConfig
 
 COLOURS = torch.tensor([[250, 10, 10], [10, 250, 10], [10, 10, 250], [250, 250, 10], [10, 250, 250]], dtype=torch.uint8)
 
@@ -33,13 +34,18 @@ def colour_index(image):
     return idx
 
 
+def train_transform(config: AugmentConfig, seed: int | None = None) -> T.TrainTransform:
+    """A TrainTransform whose `__call__` draws its seeds from a private generator (`seed`)."""
+    return T.TrainTransform(config, None if seed is None else torch.Generator().manual_seed(seed))
+
+
 GEOMETRIC = AugmentConfig(scale_range=(0.6, 1.7), crop_size=(40, 50), flip_prob=0.5, pad_size=(40, 50))
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_masks_follow_the_image_through_scale_crop_flip_pad(seed):
     image, target = scene()
-    out, t = T.train_transform(GEOMETRIC).apply(image, target, seed)
+    out, t = train_transform(GEOMETRIC).apply(image, target, seed)
     assert out.shape == (3, 40, 50) and out.dtype == torch.uint8
     assert t["masks"].shape[1:] == (40, 50) and t["masks"].dtype == torch.bool
     idx = colour_index(out)
@@ -63,18 +69,18 @@ def test_masks_follow_the_image_through_scale_crop_flip_pad(seed):
 def test_flip_and_crop_without_resize_are_exact():
     image, target = scene()
     for seed in range(4):
-        out, t = T.train_transform(AugmentConfig(crop_size=(30, 33), flip_prob=0.5)).apply(image, target, seed)
+        out, t = train_transform(AugmentConfig(crop_size=(30, 33), flip_prob=0.5)).apply(image, target, seed)
         assert out.shape == (3, 30, 33)
         idx = colour_index(out)
         for label, mask in zip(t["labels"].tolist(), t["masks"]):
             assert torch.equal(mask, idx == [3, 1, 4, 2, 5].index(label))
-    out, t = T.train_transform(AugmentConfig(flip_prob=1.0)).apply(image, target, 0)
+    out, t = train_transform(AugmentConfig(flip_prob=1.0)).apply(image, target, 0)
     assert torch.equal(out, image.flip(-1)) and torch.equal(t["masks"], target["masks"].flip(-1))
 
 
 def test_same_seed_same_result_other_seeds_differ():
     image, target = scene()
-    tf = T.train_transform(T.ade_panoptic())
+    tf = train_transform(A.ade_panoptic())
     torch.manual_seed(1)
     a_img, a_t = tf.apply(image, target, 123)
     global_state = torch.random.get_rng_state()
@@ -91,7 +97,7 @@ def test_same_seed_same_result_other_seeds_differ():
 
 def test_call_draws_seeds_from_its_generator():
     image, target = scene()
-    one, two = T.train_transform(T.scenes(), 7), T.train_transform(T.scenes(), 7)
+    one, two = train_transform(A.scenes(), 7), train_transform(A.scenes(), 7)
     outs = [one(image, target)[0] for _ in range(3)]
     assert all(torch.equal(a, two(image, target)[0]) for a in outs)
     assert not torch.equal(outs[0], outs[1])
@@ -107,7 +113,7 @@ def test_augmentation_seed_is_stable_and_distinct():
 
 def test_masks_emptied_by_the_crop_are_dropped_with_their_labels():
     image, target = scene()
-    tf = T.train_transform(AugmentConfig(crop_size=(20, 20)))
+    tf = train_transform(AugmentConfig(crop_size=(20, 20)))
     dropped = set()
     for seed in range(30):
         _, t = tf.apply(image, target, seed)
@@ -125,7 +131,7 @@ def test_overlapping_masks_are_transformed_one_by_one():
     image, target = scene()
     masks = target["masks"].clone()
     masks[0] |= masks[2]  # overlap: the packed fast path cannot be used
-    tf = T.train_transform(GEOMETRIC)
+    tf = train_transform(GEOMETRIC)
     for seed in range(3):
         _, t = tf.apply(image, {"labels": target["labels"], "masks": masks}, seed)
         singles = []
@@ -138,29 +144,29 @@ def test_overlapping_masks_are_transformed_one_by_one():
 
 def test_presets():
     image, target = scene(40, 60)
-    out, t = T.train_transform(T.ade_panoptic()).apply(image, target, 0)
+    out, t = train_transform(A.ade_panoptic()).apply(image, target, 0)
     assert out.shape == (3, 640, 640) and t["masks"].shape[1:] == (640, 640)
-    p = T.ade_panoptic()
+    p = A.ade_panoptic()
     assert p.short_sides[0] == 320 and p.short_sides[-1] == 1280 and len(p.short_sides) == 16
     sizes = {T.sample_params(p, (40, 60), s).resize[0] for s in range(60)}
     assert sizes <= set(p.short_sides) and len(sizes) > 5
-    coco = T.train_transform(T.coco_panoptic())
+    coco = train_transform(A.coco_panoptic())
     assert coco.apply(image, target, 0)[0].shape == (3, 800, 1200)
     assert coco.params((40, 100), 0).resize == (533, 1333)
     params = coco.params((40, 100), 0)
     assert params.crop is None and params.pad is None and params.brightness is None
-    out, t = T.train_transform(T.scenes()).apply(image, target, 5)
+    out, t = train_transform(A.scenes()).apply(image, target, 5)
     assert out.shape == image.shape and t["masks"].shape[1:] == (40, 60)
-    out, t = T.train_transform(T.none()).apply(image, target, 5)
+    out, t = train_transform(A.none()).apply(image, target, 5)
     assert torch.equal(out, image) and torch.equal(t["masks"], target["masks"])
 
 
 def test_colour_jitter_changes_colours_not_geometry():
     image, target = scene()
-    cfg = dataclasses.replace(T.ade_panoptic(), short_sides=(), crop_size=None, pad_size=None, flip_prob=0.0)
+    cfg = dataclasses.replace(A.ade_panoptic(), short_sides=(), crop_size=None, pad_size=None, flip_prob=0.0)
     changed = 0
     for seed in range(5):
-        out, t = T.train_transform(cfg).apply(image, target, seed)
+        out, t = train_transform(cfg).apply(image, target, seed)
         assert torch.equal(t["masks"], target["masks"])
         changed += not torch.equal(out, image)
         for m in t["masks"]:  # a flat region stays flat
@@ -180,7 +186,7 @@ def test_test_transform_resizes_short_side():
 
 def test_bad_input_is_refused():
     image, target = scene()
-    tf = T.train_transform(GEOMETRIC)
+    tf = train_transform(GEOMETRIC)
     with pytest.raises(ValueError, match="uint8 tensor"):
         tf.apply(image.float(), target, 0)
     with pytest.raises(ValueError, match="uint8 tensor"):
@@ -198,7 +204,7 @@ def test_bad_input_is_refused():
 def test_empty_target_and_numpy_image():
     image, _ = scene()
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 48, 64, dtype=torch.bool)}
-    _, t = T.train_transform(GEOMETRIC).apply(image, empty, 3)
+    _, t = train_transform(GEOMETRIC).apply(image, empty, 3)
     assert t["masks"].shape == (0, 40, 50) and t["labels"].shape == (0,)
     hwc = image.permute(1, 2, 0).numpy()
     assert torch.equal(T.image_to_tensor(hwc), image)

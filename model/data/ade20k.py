@@ -13,7 +13,7 @@ Deliberate differences from the Mask2Former script, documented here:
   panopticapi's random colours, so a re-run gives identical files;
 - area and bbox are measured on the final map, after things have overwritten stuff, and a segment left
   with no pixels is dropped (the script measures stuff before the things are pasted); the JSON agrees
-  with the PNG, which `model.metrics` checks;
+  with the PNG, which `model.evaluation.metrics` checks;
 - things are keyed by (R, G) rather than by G alone (the script asserts G is unique per image; on the
   real data both give the same segments).
 """
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..datasets import ade20k_categories
-from ..panoptic_format import write_panoptic_json, write_panoptic_png
+from ..io.panoptic_format import segment_areas_and_boxes, write_panoptic_json, write_panoptic_png
+from .categories import ade20k_categories
 
 MAPPING_FILE = "ade20k_instance_catid_mapping.txt"
 SPLITS = {"training": "train", "validation": "val"}
@@ -64,9 +64,9 @@ def parse_instance_mapping(text: str, where: str) -> dict[int, int]:
 
 @functools.lru_cache(maxsize=1)
 def ade20k_instance_mapping() -> dict[int, int]:
-    """The ADE20K instance mapping carried in `model/datasets/` (100 instance ids -> 100 thing classes)."""
-    text = resources.files("model.datasets").joinpath(MAPPING_FILE).read_text()
-    return parse_instance_mapping(text, f"model/datasets/{MAPPING_FILE}")
+    """The ADE20K instance mapping carried in `model/data/categories/` (100 instance ids -> 100 thing classes)."""
+    text = resources.files("model.data.categories").joinpath(MAPPING_FILE).read_text()
+    return parse_instance_mapping(text, f"model/data/categories/{MAPPING_FILE}")
 
 
 def panoptic_categories() -> list[dict[str, Any]]:
@@ -82,13 +82,6 @@ def _thing_ids() -> frozenset[int]:
 
 
 # --------------------------------------------------------------------------- one image
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    """COCO [x, y, w, h] of a non-empty boolean mask."""
-    cols = np.flatnonzero(mask.any(axis=0))
-    rows = np.flatnonzero(mask.any(axis=1))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
 def _check_inputs(semantic: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,17 +144,16 @@ def ade_image_to_panoptic(
         layer_map[mask] = i
     areas = np.bincount(layer_map.ravel(), minlength=len(layers) + 1)
 
-    id_map = np.zeros_like(layer_map)
+    # Layers entirely covered by things get no segment; the others are numbered 1..n in paste order.
+    visible = [i for i in range(1, len(layers) + 1) if areas[i] > 0]
+    lut = np.zeros(len(layers) + 1, dtype=np.int64)
+    lut[visible] = np.arange(1, len(visible) + 1)
+    id_map = lut[layer_map]
+    boxes = segment_areas_and_boxes(id_map)
     segments: list[dict[str, Any]] = []
-    for i, (category_id, _) in enumerate(layers, start=1):
-        if areas[i] == 0:  # stuff entirely covered by things
-            continue
-        mask = layer_map == i
-        seg_id = len(segments) + 1
-        id_map[mask] = seg_id
-        segments.append(
-            {"id": seg_id, "category_id": category_id, "area": int(areas[i]), "bbox": _bbox(mask), "iscrowd": 0}
-        )
+    for seg_id, i in enumerate(visible, start=1):
+        area, bbox = boxes[seg_id]
+        segments.append({"id": seg_id, "category_id": layers[i - 1][0], "area": area, "bbox": bbox, "iscrowd": 0})
     return id_map, segments
 
 

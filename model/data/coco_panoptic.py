@@ -7,16 +7,16 @@ continual step's images) never touches pixels. Pixels are read and cross-checked
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..panoptic_format import read_panoptic_json, read_panoptic_png
+from ..io.panoptic_format import read_panoptic_json, read_panoptic_png, segment_areas_and_boxes
 
 # Tried in this order when the "images" entry's file_name is not there as written (converters
 # sometimes store PNG images under a .jpg name or the reverse).
@@ -132,14 +132,6 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.array(rgb, dtype=np.uint8)
 
 
-def _bbox_area(mask: np.ndarray) -> tuple[int, list[int]]:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return 0, [0, 0, 0, 0]
-    x0, y0 = int(xs.min()), int(ys.min())
-    return int(ys.size), [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-
-
 class PanopticDataset(torch.utils.data.Dataset):
     """COCO-panoptic images: `ds[i]` is a PanopticSample for `ds.image_ids[i]`."""
 
@@ -221,10 +213,12 @@ class PanopticDataset(torch.utils.data.Dataset):
             )
         segments = [dict(s) for s in ann["segments_info"]]
         self._check_ids_match(id_map, segments, where)
-        for seg in segments:
-            # Converters sometimes omit area/bbox; fill them from the pixels so samples are complete.
-            if "area" not in seg or "bbox" not in seg:
-                seg["area"], seg["bbox"] = _bbox_area(id_map == seg["id"])
+        # Converters sometimes omit area/bbox; fill them from the pixels so samples are complete.
+        if any("area" not in seg or "bbox" not in seg for seg in segments):
+            boxes = segment_areas_and_boxes(id_map)
+            for seg in segments:
+                if "area" not in seg or "bbox" not in seg:
+                    seg["area"], seg["bbox"] = boxes.get(seg["id"], (0, [0, 0, 0, 0]))
         return PanopticSample(image, id_map, segments, image_id, str(entry["file_name"]))
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Continual scenarios (ECLIPSE.md sections 8-9): class orders, step splits, published training settings.
+"""Continual scenarios: class orders, step splits and the published training settings of each.
 
 A Scenario maps between DATASET category ids (the ids in the files: ADE 1..150, COCO 1..200 with gaps,
 scenes 1..K) and LEARNING ids (1-based in learning order, 0 = void), and splits the learning order into a
@@ -10,12 +10,12 @@ scene builder `scene_scenario` drops trailing categories that do not fill a whol
 """
 
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from ..datasets import COCO_83_ORDER, ade20k_categories, coco_panoptic_categories
+from .categories import COCO_83_ORDER, ade20k_categories, coco_panoptic_categories
 
 DATASETS = ("ade20k", "coco", "scenes")
 TASKS = ("panoptic", "semantic")
@@ -82,21 +82,9 @@ class Scenario:
         """Dataset ids of the classes learned at `step` (0 = base), in learning order."""
         return self.class_order[self.step_slice(step)]
 
-    def step_learning_ids(self, step: int) -> tuple[int, ...]:
-        """Learning ids of the classes learned at `step`."""
-        s = self.step_slice(step)
-        return tuple(range(s.start + 1, s.stop + 1))
-
     def classes_up_to(self, step: int) -> int:
         """K_t: how many classes a model knows after `step`."""
         return self.step_slice(step).stop
-
-    def step_of(self, learning_id: int) -> int:
-        """The step at which learning id `learning_id` is learned."""
-        self._check_learning_id(learning_id)
-        if learning_id <= self.num_base:
-            return 0
-        return (learning_id - self.num_base - 1) // self.increment + 1
 
     # ------------------------------------------------------------------ id maps
 
@@ -108,9 +96,6 @@ class Scenario:
     def class_of(self) -> dict[int, int]:
         """A fresh dict: dataset id -> learning id."""
         return dict(self._learning_by_dataset)
-
-    def contains(self, dataset_id: int) -> bool:
-        return dataset_id in self._learning_by_dataset
 
     def learning_id(self, dataset_id: int) -> int:
         """1-based learning-order id of a dataset category id."""
@@ -127,14 +112,6 @@ class Scenario:
         """Dataset category id of a 1-based learning id."""
         self._check_learning_id(learning_id)
         return self.class_order[learning_id - 1]
-
-    def old_ids(self) -> tuple[int, ...]:
-        """Learning ids of the base classes."""
-        return tuple(range(1, self.num_base + 1))
-
-    def new_ids(self) -> tuple[int, ...]:
-        """Learning ids of every class learned after the base step."""
-        return tuple(range(self.num_base + 1, self.num_classes + 1))
 
 
 def _validate(s: Scenario) -> None:
@@ -187,12 +164,6 @@ def step_keep_ids(scenario: Scenario, step: int) -> frozenset[int]:
     return frozenset(scenario.step_classes(step))
 
 
-def keep_segments(segments_info: Iterable[Mapping[str, Any]], scenario: Scenario, step: int) -> list:
-    """The segments of one image that are targets at `step`."""
-    keep = step_keep_ids(scenario, step)
-    return [seg for seg in segments_info if _category_id(seg) in keep]
-
-
 def select_step_images(
     annotations: Mapping[Any, Sequence[Mapping[str, Any]]], scenario: Scenario, step: int
 ) -> list:
@@ -204,11 +175,6 @@ def select_step_images(
         for image_id, segments in annotations.items()
         if any(_category_id(seg) in keep and not seg.get("iscrowd", 0) for seg in segments)
     ]
-
-
-def segments_by_image(panoptic_json: Mapping[str, Any]) -> dict:
-    """image_id -> segments_info from a COCO-panoptic JSON dict (the input of `select_step_images`)."""
-    return {ann["image_id"]: list(ann["segments_info"]) for ann in panoptic_json["annotations"]}
 
 
 def eval_groups(scenario: Scenario, up_to_step: int | None = None) -> dict[str, list[int]]:
@@ -299,7 +265,7 @@ def scene_scenario(
 def _build_scenarios() -> dict[str, Scenario]:
     ade, coco = _ade_order(), _coco_order()
     out: list[Scenario] = []
-    # ADE20K panoptic, R50, batch 8 (ECLIPSE.md section 8; deltas section 5).
+    # ADE20K panoptic, R50, batch 8, step LR 5e-4; the deltas are the published final values.
     for base, inc, queries, prompts, it_base, it_step, deltas in (
         (100, 5, 100, 10, 160_000, 12_000, _deltas(0.4, 0.6, 10)),
         (100, 10, 100, 10, 160_000, 16_000, _deltas(0.4, 0.5, 5)),

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
-from ..atomic_io import atomic_write
-from ..panoptic_format import write_panoptic_json, write_panoptic_png
+from ..io.images import write_png
+from ..io.panoptic_format import segment_areas_and_boxes, write_panoptic_json, write_panoptic_png
 from . import scene_assets as A
 
 VAL_INDEX_OFFSET = 10_000_000  # val scenes use indices from here, train below: disjoint for any sizes
@@ -333,10 +333,10 @@ def generate_scene(index: int, seed: int = 0, size: int | Sequence[int] = 256) -
     lut = np.zeros(first + len(items), np.int32)
     lut[[r[0] for r in regions]] = np.arange(1, len(regions) + 1)
     id_map = lut[labels]
+    boxes = segment_areas_and_boxes(id_map)
     segments = []
-    for seg_id, ((label, cid, crowd, shape_area), sl) in enumerate(zip(regions, ndimage.find_objects(id_map)), 1):
-        area = int(counts[label])
-        bbox = [sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start]
+    for seg_id, (label, cid, crowd, shape_area) in enumerate(regions, 1):
+        area, bbox = boxes[seg_id]
         segments.append({"id": seg_id, "category_id": cid, "iscrowd": crowd, "area": area, "bbox": bbox,
                          "shape_area": shape_area or area})  # fmt: skip
     return image, id_map, segments
@@ -352,7 +352,7 @@ def _write_one(task: tuple[str, str, int, int, int | tuple[int, int]]) -> tuple[
     out, split, index, seed, size = task
     image, id_map, segments = generate_scene(index, seed, size)
     name = f"{index:08d}.png"
-    atomic_write(Path(out) / f"images_{split}" / name, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    write_png(Path(out) / f"images_{split}" / name, image)
     write_panoptic_png(Path(out) / f"scenes_{split}" / name, id_map)
     entry = {"id": index, "file_name": name, "height": image.shape[0], "width": image.shape[1]}
     info = [{k: s[k] for k in COCO_SEGMENT_KEYS} for s in segments]

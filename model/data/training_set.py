@@ -2,13 +2,12 @@
 
 from collections.abc import Iterable
 
-import numpy as np
 import torch
 
-from ..evaluation import LabelledImage
 from .coco_panoptic import PanopticDataset, build_targets
 from .scenarios import Scenario
-from .transforms import AugmentConfig, TrainTransform, image_to_tensor
+from .augment import AugmentConfig
+from .transforms import TrainTransform, image_to_tensor
 
 
 class StepTrainingSet:
@@ -41,18 +40,3 @@ class StepTrainingSet:
         if self.transform is not None:
             image, target = self.transform.apply(image, target, augmentation_seed)
         return image, target
-
-
-def labelled_images(dataset: PanopticDataset, scenario: Scenario, keep: Iterable[int] | None = None):
-    """Evaluation view: ground truth in learning ids; segments of classes outside `keep` (default: all
-    the scenario's classes) become void."""
-    class_of = scenario.class_of
-    keep = frozenset(keep) if keep is not None else frozenset(class_of)
-    for i in range(len(dataset)):
-        item = dataset[i]
-        kept = [s for s in item.segments if s["category_id"] in keep]
-        ids = np.where(np.isin(item.id_map, [s["id"] for s in kept]), item.id_map, 0)
-        segments = [
-            {"id": s["id"], "category_id": class_of[s["category_id"]], "iscrowd": s.get("iscrowd", 0)} for s in kept
-        ]
-        yield LabelledImage(item.image, ids, segments)

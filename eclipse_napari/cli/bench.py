@@ -1,0 +1,172 @@
+"""Reproduce the continual panoptic benchmark headless.
+
+    python -m eclipse_napari.bench                       # generated scenes, shipped base model, CPU
+    python -m eclipse_napari.bench --scenario ade-panoptic-100-5 --data-root DATA --base MODEL_DIR --device cuda
+    torchrun --nproc_per_node=4 -m eclipse_napari.bench --scenario ...        # several GPUs / processes
+    python -m eclipse_napari.bench --eval-only MODEL_DIR                      # evaluate a saved model
+
+Prints a paper-style table (PQ old / new / all after the last step per method, cost per step), and
+writes results.json, results.txt, pq_per_step.png and the trained models into --out.
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .bench_report import format_table, plot_pq, results_json
+from .bench_setup import (
+    SCENES_SIZE,
+    SCENES_TRAIN,
+    SCENES_VAL,
+    default_output_dir,
+    ensure_scene_data,
+    load_base_model,
+    loss_config,
+    open_datasets,
+    setup_distributed,
+    train_base_model,
+)
+from .progress import progress_bar
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.data.scenarios import DEFAULT_SCENE_SCENARIO
+
+    p = argparse.ArgumentParser(prog="python -m eclipse_napari.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", default=DEFAULT_SCENE_SCENARIO, help="scenario name (--list shows them)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="dataset folder (ADE20K/COCO in COCO-panoptic format; generated scenes are made here "
+                        "when missing; default for scenes: a cache folder)")
+    p.add_argument("--scenes", type=int, nargs=2, default=None, metavar=("TRAIN", "VAL"),
+                   help="number of generated scenes to make when they are missing (default 1500 200)")
+    p.add_argument("--scenes-size", type=int, default=None, help="side of generated scenes (default 256)")
+    p.add_argument("--base", type=Path, default=None, help="base model folder (default: the shipped one for scenes)")
+    p.add_argument("--train-base", action="store_true", help="train the base model (step 0) first")
+    p.add_argument("--base-only", action="store_true", help="with --train-base: stop after the base model")
+    p.add_argument("--base-iterations", type=int, default=None, help="step-0 iterations (default: the scenario's)")
+    p.add_argument("--backbone", default=None, help="backbone for --train-base (default: the scenario's)")
+    p.add_argument("--methods", nargs="+", default=["eclipse", "finetune", "joint"])
+    p.add_argument("--iterations", type=int, default=None, help="iterations per step (default: the scenario's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--step-lr", type=float, default=None,
+                   help="ECLIPSE prompt-tuning learning rate (default: the scenario's)")
+    p.add_argument("--delta", default="auto", help="'auto' (chosen on held-out images), 'paper', or a number")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--max-eval-images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: finished steps are reloaded, an unfinished one "
+                        "continues from its last saved training state")
+    p.add_argument("--eval-only", type=Path, default=None, metavar="MODEL_DIR", help="only evaluate this model")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench-<scenario>)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from model.benchmark import BenchSettings, ContinualBenchmark
+    from model.data.augment import scenes as scenes_augment
+    from model.data.scenarios import get_scenario, scenario_table
+    from model.io.model_files import save_model
+    from model.io.tensor_files import CheckpointError
+
+    if args.list:
+        print(scenario_table())
+        return 0
+    try:
+        scenario = get_scenario(args.scenario)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = setup_distributed(device)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    out = args.out or default_output_dir(scenario)
+    try:
+        root = args.data_root
+        if scenario.dataset == "scenes":
+            counts = args.scenes or (SCENES_TRAIN, SCENES_VAL)
+            root = ensure_scene_data(root, rank, log, *counts, size=args.scenes_size or SCENES_SIZE)
+        elif root is None:
+            raise ValueError(f"{scenario.name} needs --data-root (the {scenario.dataset} dataset in COCO-panoptic format)")
+        train_set, val_set = open_datasets(scenario, root)
+        if args.eval_only is not None:
+            return _eval_only(args, scenario, train_set, val_set, device, log)
+        settings = BenchSettings(
+            iterations_per_step=args.iterations or scenario.iterations_per_step,
+            batch_size=args.batch_size or scenario.batch_size,
+            step_lr=args.step_lr or scenario.step_lr,
+            finetune_lr=scenario.base_lr,
+            prompts_per_step=scenario.prompts_per_step,
+            delta=args.delta,
+            augment=scenes_augment() if scenario.dataset == "scenes" else None,
+            seed=args.seed,
+            device=device,
+            max_eval_images=args.max_eval_images,
+            loss=loss_config(scenario.dataset),
+        )
+        if args.train_base:
+            base = train_base_model(scenario, train_set, out / "base", device=device, backbone=args.backbone,
+                                    iterations=args.base_iterations, batch_size=args.batch_size, seed=args.seed,
+                                    resume=args.resume, log=log, rank=rank)
+            if args.base_only:
+                log(f"base model saved to {out / 'base'}")
+                return 0
+        else:
+            base = load_base_model(args.base, scenario, train_set)
+        base = base.to(device)
+        bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log, progress=progress_bar(rank),
+                                   out_dir=out, resume=args.resume)
+        start = time.perf_counter()
+        results = bench.run(base, args.methods)
+        results["seconds"] = time.perf_counter() - start
+        if "eclipse" in results["models"] and args.delta != "paper":
+            fixed = copy.deepcopy(results["models"]["eclipse"])
+            fixed.set_deltas(list(scenario.deltas[: fixed.num_steps + 1]))
+            results["eclipse_paper_deltas"] = bench.evaluate(fixed, scenario.num_steps)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for method, model in results["models"].items():
+            save_model(model, out / method)
+        data = results_json(scenario, settings, results, world)
+        from model.io.atomic import atomic_write_json, atomic_write_text
+
+        atomic_write_json(out / "results.json", data, sort_keys=False)
+        table = format_table(data)
+        atomic_write_text(out / "results.txt", table + "\n")
+        plot_pq(data, out / "pq_per_step.png")
+        print()
+        print(table)
+        print(f"\nwrote {out / 'results.json'}, {out / 'results.txt'}, {out / 'pq_per_step.png'} and the models")
+    return 0
+
+
+def _eval_only(args, scenario, train_set, val_set, device, log) -> int:
+    from model.benchmark import BenchSettings, ContinualBenchmark
+    from model.io.model_files import load_model
+
+    model = load_model(args.eval_only, device)
+    settings = BenchSettings(0, 1, 0.0, 0.0, 1, device=device, max_eval_images=args.max_eval_images)
+    bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log)
+    pq = bench.evaluate(model, min(model.num_steps, scenario.num_steps))
+    log(json.dumps({"model": str(args.eval_only), "steps": model.num_steps, "pq": pq}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

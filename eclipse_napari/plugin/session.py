@@ -1,0 +1,162 @@
+"""What the napari widget drives, without Qt: the model and its steps, predictions, and Learn.
+
+One `Session` owns one model. Every operation that reads or changes the model takes the session's lock
+without waiting: a second Learn, or an Undo while Learn runs, gets a clear `BusyError` instead of
+racing the training thread. After every change of steps the whole model is saved into the project
+folder (`<project>/model`), so a crash loses no learned class.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.interactive.config import Example, LearnConfig, LearnResult
+from model.interactive.learn import learn_class
+from model.io.model_files import load_model, load_step, save_model, save_step
+from model.network.eclipse import EclipseModel
+from model.training.progress import Progress, RunState
+
+from ..resources import shipped_base_path
+
+
+class BusyError(RuntimeError):
+    """The model is in use by another operation (training, prediction)."""
+
+
+@dataclass
+class Prediction:
+    """Panoptic prediction of one 2-D plane."""
+
+    panoptic: np.ndarray  # int32 [H,W]: 0 = no segment, else a segment id (1..N)
+    semantic: np.ndarray  # int32 [H,W]: 0 = no class, else the class id
+    segments: list  # model.network.postprocess.Segment, in id order
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int  # 0 = the base model
+    classes: tuple  # ClassSpec
+    delta: float
+
+
+class Session:
+    def __init__(self, model: EclipseModel, source: str = "", device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.source = source  # where the model came from (shown to the user)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, model_folder: str | Path | None = None, device: str | None = None) -> "Session":
+        """The model in `model_folder` (default: the shipped base model)."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        folder = Path(model_folder) if model_folder is not None else shipped_base_path()
+        return cls(load_model(folder, device), str(folder), device)
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def classes(self):
+        return self.model.classes
+
+    def steps(self) -> list[StepInfo]:
+        return [StepInfo(t, tuple(g.classes), float(g.delta)) for t, g in enumerate(self.model.groups)]
+
+    @contextmanager
+    def _exclusive(self, what: str):
+        if not self._lock.acquire(blocking=False):
+            raise BusyError(f"cannot {what} now: the model is busy (training or predicting); wait or cancel")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # ----------------------------------------------------------------- predicting
+    def predict(self, planes: list[np.ndarray], cancel: Callable[[], bool] | None = None) -> list[Prediction]:
+        """Predictions for 2-D planes (grey [H,W] or RGB [H,W,3], values 0..255); stops early when
+        `cancel()` turns true (the planes done so far are returned)."""
+        with self._exclusive("predict"):
+            out = []
+            with torch.inference_mode():
+                for plane in planes:
+                    if cancel is not None and cancel():
+                        break
+                    result = self.model.predict(plane)
+                    panoptic = result.panoptic_seg.cpu().numpy().astype(np.int32)
+                    out.append(Prediction(panoptic, result.semantic.cpu().numpy().astype(np.int32),
+                                          list(result.segments)))
+            return out
+
+    # ----------------------------------------------------------------- changing steps
+    def learn(
+        self,
+        name: str,
+        is_thing: bool,
+        examples: list[Example],
+        config: LearnConfig | None = None,
+        *,
+        color=None,
+        callback: Callable[[Progress], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        save_to: Path | None = None,
+    ) -> LearnResult:
+        """Adds a step for one new class; cancel or an error leaves the model exactly as it was."""
+        name, config = name.strip(), config or LearnConfig()
+        if not name:
+            raise ValueError("give the new class a name first")
+        with self._exclusive("learn"):
+            start = time.perf_counter()
+            result = learn_class(self.model, name, is_thing, examples, config, color=color, device=self.device,
+                                 callback=callback, cancel=cancel)
+            self.model.eval()
+            if result.state == RunState.DONE and save_to is not None:
+                self._save(save_to)
+            result.seconds = time.perf_counter() - start
+            return result
+
+    def undo(self, save_to: Path | None = None) -> StepInfo:
+        """Removes the newest step; returns what it held."""
+        with self._exclusive("remove a step"):
+            if self.model.num_steps == 0:
+                raise ValueError("there is no learned step to remove: the model is the base model")
+            removed = self.steps()[-1]
+            self.model.remove_last_step()
+            if save_to is not None:
+                self._save(save_to)
+            return removed
+
+    def export_step(self, step: int, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        with self._exclusive("export a step"):
+            save_step(self.model, step, path)
+        return path
+
+    def import_step(self, path: str | Path, save_to: Path | None = None) -> StepInfo:
+        """Appends a step file; refused (CheckpointError, model unchanged) if it belongs to another base
+        model, is out of order, clashes with a class name, or is damaged."""
+        with self._exclusive("import a step"):
+            load_step(self.model, path)
+            self.model.eval()
+            if save_to is not None:
+                self._save(save_to)
+            return self.steps()[-1]
+
+    def save_model(self, folder: str | Path) -> Path:
+        with self._exclusive("save the model"):
+            return save_model(self.model, folder)
+
+    def replace_model(self, folder: str | Path) -> None:
+        """Loads another model folder; the current model stays if that fails."""
+        with self._exclusive("load a model"):
+            model = load_model(folder, self.device).eval()
+            self.model, self.source = model, str(folder)
+
+    def _save(self, folder: Path) -> None:
+        save_model(self.model, folder)

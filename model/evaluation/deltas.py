@@ -1,0 +1,75 @@
+"""The automatic choice of the logit-manipulation deltas, from held-out images of a step."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..data.labelled import LabelledImage
+from ..network.eclipse import DEFAULT_BASE_DELTA, DEFAULT_STEP_DELTA, EclipseModel, to_chw_tensor
+from ..network.postprocess import PanopticResult
+from .evaluate import segments_as_dicts
+from .metrics import PanopticQuality
+
+STEP_DELTAS = (-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+BASE_DELTAS = (0.0, 0.2, 0.4, 0.6)
+
+
+def select_deltas(
+    model: EclipseModel,
+    heldout: Sequence[LabelledImage],
+    reference: Sequence[PanopticResult],
+    candidates: Sequence[float] = STEP_DELTAS,
+    base_candidates: Sequence[float] = BASE_DELTAS,
+) -> tuple[list[float], list[dict]]:
+    """Chooses the newest group's delta and the base group's on held-out images of the step (labelled for
+    the step's classes only); deltas of intermediate steps stay as they are.
+
+    Score = mean of (a) PQ of the new classes against the held-out labels (pixels without a label are
+    void, so old-class predictions there are not penalised) and (b) PQ of the old classes against
+    `reference`, the previous model's own predictions on the same images with new-class pixels voided:
+    the new step should find its classes without disturbing what the model already said elsewhere.
+    Needs no old-class labels, as in the continual protocol. Returns the deltas and a table of scores.
+    """
+    if not heldout:
+        raise ValueError("delta selection needs at least one held-out image")
+    new_ids = set(model.class_ids(model.num_steps))
+    categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
+    with torch.no_grad():
+        raws = [model.infer(to_chw_tensor(item.image)[None]) for item in heldout]
+    refs = []
+    for item, ref in zip(heldout, reference):
+        labelled_new = np.isin(item.gt_ids, [s["id"] for s in item.gt_segments])
+        ref_ids = np.where(labelled_new, 0, ref.panoptic_seg.numpy())
+        refs.append((ref_ids, [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]))
+    table = []
+    current = model.deltas
+    for base_delta in base_candidates:
+        for delta in candidates:
+            deltas = [float(base_delta)] + current[1:-1] + [float(delta)]
+            new_pq, old_pq = PanopticQuality(categories), PanopticQuality(categories)
+            for item, raw, (ref_ids, ref_segments) in zip(heldout, raws, refs):
+                result = model.merge(raw, deltas=deltas)
+                pred_ids, segments = result.panoptic_seg.numpy(), segments_as_dicts(result)
+                new_pq.update(item.gt_ids, item.gt_segments, *_only(pred_ids, segments, new_ids, keep=True))
+                old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments, new_ids, keep=False))
+            score_new = _mean_pq(new_pq, sorted(new_ids))
+            score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
+            table.append({"deltas": deltas, "pq_new": score_new, "pq_old_consistency": score_old,
+                          "score": (score_new + score_old) / 2})
+    # Ties (e.g. nothing found yet) go to the deltas closest to the published defaults.
+    best = max(table, key=lambda row: (row["score"], -abs(row["deltas"][-1] - DEFAULT_STEP_DELTA)
+                                       - abs(row["deltas"][0] - DEFAULT_BASE_DELTA)))
+    return best["deltas"], table
+
+
+def _only(ids: np.ndarray, segments: list[dict], class_ids: set, keep: bool) -> tuple[np.ndarray, list[dict]]:
+    """Keeps (or drops) the segments of the given classes; dropped pixels become void."""
+    kept = [s for s in segments if (s["category_id"] in class_ids) == keep]
+    mask = np.isin(ids, [s["id"] for s in kept])
+    return np.where(mask, ids, 0), kept
+
+
+def _mean_pq(pq: PanopticQuality, class_ids: list[int]) -> float:
+    summary = pq.summary({"selected": class_ids})["selected"]
+    return 0.0 if summary.n == 0 or np.isnan(summary.pq) else float(summary.pq)

@@ -1,0 +1,46 @@
+"""Evaluation of a model on labelled images (PQ, and mIoU of the semantic output).
+
+Ground truth here uses the model's learning-order class ids (1-based, 0 = void): datasets convert once,
+through their scenario, before calling in.
+"""
+
+from collections.abc import Iterable
+
+from ..data.labelled import LabelledImage
+from ..network.eclipse import EclipseModel
+from ..network.postprocess import PanopticResult
+from .metrics import PanopticQuality, SemanticIoU, panoptic_to_semantic
+
+
+def segments_as_dicts(result: PanopticResult) -> list[dict]:
+    return [{"id": s.id, "category_id": s.category_id} for s in result.segments]
+
+
+def evaluate(
+    model: EclipseModel,
+    images: Iterable[LabelledImage],
+    groups: dict[str, list[int]] | None = None,
+    semantic: bool = False,
+    categories: dict[int, bool] | None = None,
+) -> dict:
+    """PQ (and mIoU when `semantic`) of `model` over labelled images, summarised per class group.
+
+    categories: learning id -> is_thing of every class the ground truth may hold (default: the model's);
+    classes the model has not learned yet still count, as false negatives.
+    """
+    if categories is None:
+        categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
+    pq = PanopticQuality(categories)
+    miou = SemanticIoU(max(categories)) if semantic else None
+    for n, item in enumerate(images):
+        result = model.predict(item.image)
+        pred_ids = result.panoptic_seg.numpy()
+        pq.update(item.gt_ids, item.gt_segments, pred_ids, segments_as_dicts(result), where=f"image {n}")
+        if miou is not None:
+            gt_sem = panoptic_to_semantic(item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
+            miou.update(gt_sem, result.semantic.numpy(), where=f"image {n}")
+    out = {"pq": pq.summary(groups), "pq_per_class": pq.compute(), "num_images": pq.num_images}
+    if miou is not None:
+        out["miou"] = miou.summary(groups)
+        out["iou_per_class"] = miou.compute()
+    return out

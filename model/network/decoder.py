@@ -1,0 +1,130 @@
+"""The masked-attention decoder with ECLIPSE's query groups and heads.
+
+Every group runs through the same frozen layers with its own queries. Cross-attention and FFN act
+per query, self-attention is computed within each group only (block-diagonal), and the memory's keys
+and values are projected once per layer and shared. Each group is processed as its own tensor, so an
+old group's hidden states, masks and logits cannot depend on later groups: bit-identical by construction.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .position_encoding import sine_position_encoding
+from .query_groups import QueryGroup
+from .transformer_layers import DecoderLayer
+
+
+@dataclass
+class DecoderOutput:
+    """Predictions of the groups that ran, in group order along the query axis.
+
+    Prediction 0 comes from the raw queries, then one per layer. Class logits are computed on demand
+    (inference needs only the last; training and checks need all): `class_logits(i)` is [B, Q, K+1] with
+    the classes of all groups in learning order, then no-object.
+    mask_embeds[i]: [B, Q, D]; masks = einsum("bqc,bchw->bqhw", mask_embed, mask_features).
+    blocked[i]: [B, Q, h*w] attention mask that layer i used (True = blocked), before fully blocked rows
+    were unblocked (recorded on request).
+    """
+
+    normed_hidden: list[list[torch.Tensor]]  # [prediction][group] -> [B, Q_g, D], after the decoder norm
+    mask_embeds: list[torch.Tensor]
+    classify: Callable[[torch.Tensor], torch.Tensor]
+    blocked: list[torch.Tensor] = field(default_factory=list)
+    group_ids: list[int] = field(default_factory=list)
+
+    @property
+    def num_predictions(self) -> int:
+        return len(self.mask_embeds)
+
+    def class_logits(self, index: int = -1) -> torch.Tensor:
+        # Per group, so an old group's logits never share a kernel call with later groups.
+        return torch.cat([self.classify(h) for h in self.normed_hidden[index]], 1)
+
+    @property
+    def logits(self) -> list[torch.Tensor]:
+        return [self.class_logits(i) for i in range(self.num_predictions)]
+
+    def mask_logits(self, mask_features: torch.Tensor, index: int = -1) -> torch.Tensor:
+        return torch.einsum("bqc,bchw->bqhw", self.mask_embeds[index], mask_features)
+
+
+class MaskedAttentionDecoder(nn.Module):
+    def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 2048, num_layers: int = 9, num_levels: int = 3):
+        super().__init__()
+        self.dim, self.num_levels = dim, num_levels
+        self.layers = nn.ModuleList(DecoderLayer(dim, num_heads, ffn_dim) for _ in range(num_layers))
+        self.level_embed = nn.Parameter(torch.randn(num_levels, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.groups = nn.ModuleList()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def no_object_head(self) -> nn.Module:
+        return next(g.no_object_head for g in reversed(self.groups) if g.no_object_head is not None)
+
+    def class_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every group's class head, then no-object, for decoder-normed hidden states."""
+        heads = [g.class_head(normed_hidden) for g in self.groups]
+        return torch.cat(heads + [self.no_object_head()(normed_hidden)], dim=-1)
+
+    def predict(self, hidden: torch.Tensor, group: QueryGroup) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder-normed hidden states, the group's mask embedding)."""
+        h = self.norm(hidden)
+        return h, group.mask_mlp(h)
+
+    def forward(
+        self,
+        memories: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        group_ids: list[int] | None = None,
+        record_attention: bool = False,
+    ) -> DecoderOutput:
+        """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels)."""
+        if group_ids is None:
+            group_ids = list(range(len(self.groups)))
+        batch = mask_features.shape[0]
+        sizes = [m.shape[-2:] for m in memories]
+        # Resizing is linear, so masks at a level = einsum with the mask features resized to that level:
+        # the same numbers as resizing full-resolution masks, without computing them for every layer.
+        level_features = [
+            F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False).flatten(2) for s in sizes
+        ]
+        memory_flat, memory_pos = [], []
+        for level, m in enumerate(memories):
+            memory_flat.append(m.flatten(2).transpose(1, 2) + self.level_embed[level])
+            pos = sine_position_encoding(*m.shape[-2:], self.dim // 2, device=m.device, dtype=m.dtype)
+            memory_pos.append(pos.flatten(2).transpose(1, 2))
+
+        groups = [self.groups[g] for g in group_ids]
+        hidden = [g.content.unsqueeze(0).expand(batch, -1, -1) for g in groups]
+        preds = [self.predict(h, g) for h, g in zip(hidden, groups)]
+        out = DecoderOutput([], [], self.class_logits, group_ids=list(group_ids))
+        self._collect(out, preds)
+        for i, layer in enumerate(self.layers):
+            level = i % self.num_levels
+            kv = layer.cross_attn.project_memory(memory_flat[level], memory_pos[level])
+            for k, g in enumerate(groups):
+                # sigmoid(mask) < 0.5, decided on the logit itself (one op fewer per group and layer).
+                blocked = torch.einsum("bqc,bcs->bqs", preds[k][1], level_features[level]) < 0
+                if record_attention:
+                    out.blocked.append(blocked)  # flattened per group, regrouped below
+                blocked = blocked & ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything
+                pos = g.position(i).unsqueeze(0).expand(batch, -1, -1)
+                hidden[k] = layer(hidden[k], kv, pos, blocked)
+                preds[k] = self.predict(hidden[k], g)
+            self._collect(out, preds)
+        if record_attention:
+            n = len(groups)
+            out.blocked = [torch.cat(out.blocked[i * n : (i + 1) * n], 1) for i in range(self.num_layers)]
+        return out
+
+    @staticmethod
+    def _collect(out: DecoderOutput, preds) -> None:
+        out.normed_hidden.append([p[0] for p in preds])
+        out.mask_embeds.append(torch.cat([p[1] for p in preds], 1))

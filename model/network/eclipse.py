@@ -1,0 +1,233 @@
+"""The ECLIPSE model: frozen Mask2Former base plus one prompt group per continual step."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .classes import ClassSpec, make_classes
+from .config import ModelConfig
+from .decoder import DecoderOutput, MaskedAttentionDecoder
+from .logit_manipulation import manipulate_logits
+from .postprocess import PanopticResult, panoptic_merge, resize_mask_logits
+from .query_groups import QueryGroup
+
+# Deltas used when a step is added and none is given: the published ADE values (base 0.4, steps 0.5).
+DEFAULT_BASE_DELTA = 0.4
+DEFAULT_STEP_DELTA = 0.5
+
+
+@dataclass
+class RawPrediction:
+    """Decoder output of every group for a batch, before logit manipulation: enough to merge with any
+    deltas (the automatic delta choice re-merges one inference many times)."""
+
+    logits: torch.Tensor  # [B, Q, K+1] raw class logits, no-object last
+    mask_logits: torch.Tensor  # [B, Q, Hp/4, Wp/4] at stride 4 of the padded input
+    padded_size: tuple[int, int]
+    image_size: tuple[int, int]
+
+
+class EclipseModel(nn.Module):
+    def __init__(self, config: ModelConfig, backbone: nn.Module, pixel_decoder: nn.Module, decoder: MaskedAttentionDecoder):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.decoder = decoder
+        self.size_divisibility = int(getattr(backbone, "size_divisibility", 32))
+        self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    # ----------------------------------------------------------------- classes and groups
+    @property
+    def groups(self) -> list[QueryGroup]:
+        return list(self.decoder.groups)
+
+    @property
+    def num_steps(self) -> int:
+        """Continual steps added on top of the base (group 0)."""
+        return len(self.decoder.groups) - 1
+
+    @property
+    def classes(self) -> list[ClassSpec]:
+        """All classes in learning order; class id c (1-based) is classes[c - 1]."""
+        return [c for g in self.decoder.groups for c in g.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return sum(g.num_classes for g in self.decoder.groups)
+
+    def class_ids(self, group: int) -> list[int]:
+        start = sum(g.num_classes for g in self.groups[:group])
+        return list(range(start + 1, start + self.groups[group].num_classes + 1))
+
+    @property
+    def deltas(self) -> list[float]:
+        return [float(g.delta) for g in self.decoder.groups]
+
+    def set_deltas(self, deltas) -> None:
+        deltas = [float(d) for d in deltas]
+        if len(deltas) != len(self.decoder.groups):
+            raise ValueError(f"expected {len(self.decoder.groups)} deltas (one per group), got {len(deltas)}")
+        for g, d in zip(self.decoder.groups, deltas):
+            g.delta.fill_(d)
+
+    # ----------------------------------------------------------------- continual steps
+    @torch.no_grad()
+    def add_step(
+        self,
+        class_names,
+        is_thing,
+        num_prompts: int,
+        colors=None,
+        train_no_object: bool = True,
+        delta: float = DEFAULT_STEP_DELTA,
+    ) -> QueryGroup:
+        """Adds step t's prompt group, initialised as ECLIPSE does, and freezes everything else.
+
+        train_no_object=True (the published choice): the step trains its own copy of the no-object MLP,
+        which then serves all groups; removing the step restores the previous one exactly.
+        """
+        known = {c.name for c in self.classes}
+        classes = make_classes(class_names, is_thing, colors, start_index=self.num_classes)
+        names = [c.name for c in classes]
+        duplicates = sorted({n for n in names if n in known or names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"class names already used: {duplicates}")
+        if num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+        base = self.decoder.groups[0]
+        dim, layers = self.config.hidden_dim, self.decoder.num_layers
+        group = QueryGroup(num_prompts, dim, classes, layers, train_no_object, delta).to(base.content.device)
+        group.content.copy_(base.content.mean(0).expand_as(group.content))
+        group.positions.copy_(base.positions.mean((0, 1)).expand_as(group.positions))
+        group.mask_mlp.load_state_dict(base.mask_mlp.state_dict())
+        no_object = self.decoder.no_object_head()
+        for i in range(2):
+            group.class_head.layers[i].load_state_dict(no_object.layers[i].state_dict())
+        last, src = group.class_head.layers[2], no_object.layers[2]
+        last.weight.copy_(src.weight.expand_as(last.weight))
+        last.bias.copy_(src.bias.expand_as(last.bias))
+        if train_no_object:
+            group.no_object_head.load_state_dict(no_object.state_dict())
+        group.previous_deltas = self.deltas  # what removing this step restores
+        if self.num_steps == 0 and base.delta == 0:
+            base.delta.fill_(DEFAULT_BASE_DELTA)
+        self.decoder.groups.append(group)
+        self.freeze_for_training()
+        return group
+
+    def remove_last_step(self) -> None:
+        """Undo: drops the newest step; earlier groups and their deltas are exactly as before it."""
+        if self.num_steps == 0:
+            raise ValueError("the model has no continual step to remove (only the base)")
+        group = self.decoder.groups[-1]
+        del self.decoder.groups[-1]
+        if group.previous_deltas is not None:
+            self.set_deltas(group.previous_deltas)
+        self.freeze_for_training()
+
+    def freeze_for_training(self) -> None:
+        """Step 0: everything trains. Step t: only the newest group's tensors train."""
+        train_all = self.num_steps == 0
+        for p in self.parameters():
+            p.requires_grad_(train_all)
+        if not train_all:
+            for p in self.decoder.groups[-1].parameters():
+                p.requires_grad_(True)
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ----------------------------------------------------------------- forward passes
+    def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """[B,3,H,W] uint8 or float in 0..255 -> normalised, zero-padded (bottom/right) to the stride."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
+        if images.dtype == torch.bool or images.is_complex():
+            raise ValueError(f"expected uint8 or float images in 0..255, got dtype {images.dtype}")
+        h, w = images.shape[-2:]
+        x = (images.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        d = self.size_divisibility
+        x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        return x, (h, w)
+
+    def preprocess_many(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images [3,H,W] of different sizes -> one normalised batch, each zero-padded to a common size."""
+        if not images:
+            raise ValueError("no images given")
+        normalised = [self.preprocess(img[None])[0] for img in images]
+        h = max(x.shape[-2] for x in normalised)
+        w = max(x.shape[-1] for x in normalised)
+        batch = torch.stack([F.pad(x[0], (0, w - x.shape[-1], 0, h - x.shape[-2])) for x in normalised])
+        return batch, [tuple(img.shape[-2:]) for img in images]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The frozen-at-step-t part: backbone and pixel decoder -> (mask_features, memories)."""
+        return self.pixel_decoder(self.backbone(x))
+
+    def decode(self, mask_features, memories, group_ids=None, record_attention=False) -> DecoderOutput:
+        return self.decoder(memories, mask_features, group_ids, record_attention)
+
+    def infer(self, images: torch.Tensor) -> RawPrediction:
+        """Every group's predictions for a batch of images (uint8 or float 0..255, [B,3,H,W])."""
+        x, image_size = self.preprocess(images)
+        mask_features, memories = self.encode(x)
+        out = self.decode(mask_features, memories)
+        return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), tuple(x.shape[-2:]), image_size)
+
+    def merge(
+        self,
+        raw: RawPrediction,
+        index: int = 0,
+        deltas: list[float] | None = None,
+        output_size: tuple[int, int] | None = None,
+        object_threshold: float = 0.0,
+        overlap_threshold: float = 0.0,
+    ) -> PanopticResult:
+        """Panoptic result of image `index` of an inference, after logit manipulation with `deltas`
+        (default: the model's own)."""
+        groups = self.groups
+        deltas = self.deltas if deltas is None else [float(d) for d in deltas]
+        logits = manipulate_logits(
+            raw.logits[index : index + 1], [g.num_queries for g in groups], [g.num_classes for g in groups], deltas
+        )[0]
+        size = output_size or raw.image_size
+        masks = resize_mask_logits(raw.mask_logits[index], raw.padded_size, raw.image_size, size)
+        is_thing = torch.tensor([c.is_thing for c in self.classes])
+        return panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image,
+        output_size: tuple[int, int] | None = None,
+        object_threshold: float = 0.0,
+        overlap_threshold: float = 0.0,
+    ) -> PanopticResult:
+        """Panoptic segmentation of one image: numpy or tensor, [H,W] grey, [H,W,3|4] or [3,H,W]."""
+        raw = self.infer(to_chw_tensor(image)[None])
+        return self.merge(raw, 0, None, output_size, object_threshold, overlap_threshold)
+
+
+def to_chw_tensor(image) -> torch.Tensor:
+    """Accepts [H,W], [H,W,3], [H,W,4] (alpha dropped) or [3,H,W]; returns a float [3,H,W] tensor."""
+    if not isinstance(image, torch.Tensor):
+        array = np.asarray(image)
+        x = torch.as_tensor(array if array.flags.writeable else array.copy())  # e.g. napari's read-only views
+    else:
+        x = image
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"expected a uint8 or float image in 0..255, got dtype {x.dtype}")
+    if x.ndim == 2:
+        x = x[None].expand(3, -1, -1)
+    elif x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[0] not in (3,):
+        x = x[..., :3].permute(2, 0, 1)
+    elif not (x.ndim == 3 and x.shape[0] == 3):
+        raise ValueError(f"expected an image of shape [H,W], [H,W,3], [H,W,4] or [3,H,W], got {tuple(x.shape)}")
+    if min(x.shape[-2:]) < 1:
+        raise ValueError(f"the image is empty: shape {tuple(x.shape)}")
+    return x.float()

@@ -1,0 +1,50 @@
+"""Query groups: the base queries (group 0) and the prompt set of each continual step (group t >= 1)."""
+
+import torch
+from torch import nn
+
+from .classes import ClassSpec
+from .transformer_layers import MLP
+
+
+class QueryGroup(nn.Module):
+    """Queries with their own mask MLP, class head and logit-manipulation delta.
+
+    `positions` has one row set per decoder layer for prompts ("deep" prompts) and a single set shared by
+    all layers for the base queries. A group may own a no-object head: the model uses the newest one, so
+    removing a step restores the previous no-object head exactly.
+    """
+
+    def __init__(
+        self,
+        num_queries: int,
+        dim: int,
+        classes: list[ClassSpec],
+        num_position_sets: int,
+        owns_no_object_head: bool,
+        delta: float = 0.0,
+    ):
+        super().__init__()
+        if num_queries < 1:
+            raise ValueError(f"a query group needs at least one query, got {num_queries}")
+        self.classes = list(classes)
+        self.content = nn.Parameter(torch.randn(num_queries, dim))
+        self.positions = nn.Parameter(torch.randn(num_position_sets, num_queries, dim))
+        self.mask_mlp = MLP(dim, dim, dim, 3)
+        self.class_head = MLP(dim, dim, len(classes), 3)
+        self.no_object_head = MLP(dim, dim, 1, 3) if owns_no_object_head else None
+        self.register_buffer("delta", torch.tensor(float(delta)))
+        # Every group's delta just before this step was added: removing the step restores them (steps
+        # re-tune earlier deltas). None for the base group.
+        self.previous_deltas: list[float] | None = None
+
+    @property
+    def num_queries(self) -> int:
+        return self.content.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def position(self, layer: int) -> torch.Tensor:
+        return self.positions[layer if self.positions.shape[0] > 1 else 0]

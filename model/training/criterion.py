@@ -1,0 +1,62 @@
+"""One training forward: the loss of the group being learned (group 0 at step 0, the newest at step t).
+
+At step t >= 1 the backbone and pixel decoder are frozen, so their features are computed without a
+graph; only the newest prompt group runs through the decoder, with every class head applied (old
+heads act as negatives in the sigmoid loss).
+"""
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from ..network.eclipse import EclipseModel
+from .losses import SetCriterion
+from .matcher import HungarianMatcher
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The published losses: Hungarian matching and losses on 12,544 points per mask, mask BCE and dice
+    weights 5, focal class loss with weight 2 at step 0 and 10 at continual steps."""
+
+    base_class_weight: float = 2.0
+    step_class_weight: float = 10.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    num_points: int = 12544
+    deep_supervision: bool = True
+    no_object_weight: float = 1.0  # weight of unmatched queries' no-object target (1 = as published)
+
+
+def build_criterion(model: EclipseModel, config: LossConfig = LossConfig(), generator=None) -> SetCriterion:
+    class_weight = config.base_class_weight if model.num_steps == 0 else config.step_class_weight
+    matcher = HungarianMatcher(class_weight, config.mask_weight, config.dice_weight, config.num_points)
+    return SetCriterion(
+        model.num_classes,
+        matcher,
+        class_weight=class_weight,
+        mask_weight=config.mask_weight,
+        dice_weight=config.dice_weight,
+        num_points=config.num_points,
+        no_object_weight=config.no_object_weight,
+        generator=generator,
+    )
+
+
+def pad_targets(targets: list[dict], size: tuple[int, int]) -> list[dict]:
+    """Pads target masks (bottom/right, False) to the padded input size."""
+    padded = []
+    for t in targets:
+        masks = t["masks"]
+        h, w = masks.shape[-2:]
+        masks = F.pad(masks, (0, size[1] - w, 0, size[0] - h)) if (h, w) != tuple(size) else masks
+        padded.append({"labels": t["labels"], "masks": masks})
+    return padded
+
+
+def predictions_from_features(model: EclipseModel, features, deep_supervision: bool = True) -> list[dict]:
+    """Decodes the group being learned from (mask_features, memories)."""
+    mask_features, memories = features
+    out = model.decode(mask_features, memories, group_ids=[model.num_steps])
+    indices = range(out.num_predictions) if deep_supervision else [out.num_predictions - 1]
+    return [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]
