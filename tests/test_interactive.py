@@ -1,5 +1,7 @@
 """Teaching a class from painted examples (the headless core of the napari Learn button)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from model import Example, LearnConfig, learn_class
 from model.network.build import build_model
 from model.network.config import tiny_config
 
-FAST = LearnConfig(iterations=6, batch_size=2, num_points=256, augment_variants=2)
+FAST = LearnConfig.prompts(iterations=6, batch_size=2, num_points=256, augment_variants=2)  # a prompt step
+DENSE = LearnConfig(iterations=150, augment_variants=2)  # the default learner: a dense step
 
 
 def _examples(n=2, size=48):
@@ -30,7 +33,7 @@ def model():
     return build_model(tiny_config(), ["road", "car"], [False, True]).eval()
 
 
-def test_learn_adds_a_step_and_reports(model):
+def test_prompt_step_adds_a_step_and_reports(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = learn_class(model, "sun", True, _examples(), FAST)
     assert result.state == "done" and result.class_id == 3 and model.num_steps == 1
@@ -66,3 +69,111 @@ def test_bad_requests_change_nothing(model, examples, name, message):
     with pytest.raises(ValueError, match=message):
         learn_class(model, name, True, examples, FAST)
     assert model.num_steps == 0
+
+
+def _blobs(seed: int, count: int = 24, size: int = 96):
+    """A crowded image: `count` bright squares in a grid, more than a prompt step's 10 queries."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(20, 70, (size, size, 3)).astype(np.uint8)
+    instances = np.zeros((size, size), np.int32)
+    k = 0
+    for y in range(6, size - 8, 16):
+        for x in range(6, size - 8, 16):
+            if k < count:
+                dy, dx = rng.integers(-2, 3, 2)
+                k += 1
+                instances[y + dy : y + dy + 9, x + dx : x + dx + 9] = k
+    image[instances > 0] = (230, 200, 60)
+    return image, instances
+
+
+def _found(model, image, class_id):
+    result = model.predict(image)
+    return [s for s in result.segments if s.category_id == class_id]
+
+
+def test_dense_step_finds_more_instances_than_a_prompt_step_has_queries(model):
+    image, instances = _blobs(0)
+    result = learn_class(model, "blob", True, [Example(image, instances)], DENSE)
+    assert result.state == "done" and result.delta is None and model.groups[-1].num_queries == 0
+    test_image, test_instances = _blobs(1)
+    found = _found(model, test_image, result.class_id)
+    assert len(found) > LearnConfig().num_prompts  # a prompt step could find at most 10
+    assert len(found) >= 0.8 * test_instances.max()
+
+
+def test_dense_step_keeps_old_outputs_bit_identical_and_undo_is_exact(model, tmp_path):
+    from model import load_model, save_model
+    from model.network.eclipse import to_chw_tensor
+
+    image, instances = _blobs(0)
+    x = to_chw_tensor(image)[None]
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model.infer(x)
+    learn_class(model, "blob", True, [Example(image, instances)], DENSE)
+    with torch.no_grad():
+        after = model.infer(x)
+    # Every old query's class logits (old columns and no-object) and masks are exactly as before.
+    old = list(range(before.logits.shape[-1] - 1))
+    assert torch.equal(after.logits[..., old], before.logits[..., :-1])
+    assert torch.equal(after.logits[..., -1], before.logits[..., -1]) and torch.equal(after.mask_logits, before.mask_logits)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").eval()
+    assert torch.equal(loaded.predict(image).panoptic_seg, model.predict(image).panoptic_seg)
+    model.remove_last_step()
+    state = model.state_dict()
+    assert state.keys() == before_state.keys() and all(torch.equal(state[k], v) for k, v in before_state.items())
+
+
+def test_partial_painting_teaches_only_what_it_says(model):
+    """Five painted squares and background strokes: the other squares are unknown, not background, so
+    the dense step still finds many of them; the same five squares taken as a completely painted image
+    teach that the other squares are background, and it finds few."""
+    image, instances = _blobs(0)
+    few = np.where(np.isin(instances, [1, 8, 14, 19, 24]), instances, 0)
+    strokes = np.zeros(instances.shape, bool)
+    strokes[::16, :] = strokes[:, ::16] = True  # grid lines between the squares
+    strokes &= instances == 0
+    config = replace(DENSE, iterations=300)
+    partial = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    partial.load_state_dict(model.state_dict())
+    r1 = learn_class(partial, "blob", True, [Example(image, few, strokes)], config)
+    r2 = learn_class(model, "blob", True, [Example(image, few)], config)
+    test_image, _ = _blobs(1)
+    found_partial, found_full = len(_found(partial, test_image, r1.class_id)), len(_found(model, test_image, r2.class_id))
+    assert found_partial >= 8 and found_partial >= 3 * max(found_full, 1), (found_partial, found_full)
+
+
+def test_unknown_pixels_get_no_target():
+    from model.interactive.learn import ExampleSet
+    from model.training.dense import UNKNOWN, dense_targets
+
+    image, instances = _blobs(0, count=4, size=48)
+    strokes = np.zeros(instances.shape, bool)
+    strokes[:2] = True
+    full, partial = (ExampleSet([Example(image, instances, bg)], 3, True, None, with_background=True)
+                     for bg in (None, strokes))
+    labels_full, distance = dense_targets(full.sample(0, 0)[1], [3], (48, 48))
+    labels_partial, _ = dense_targets(partial.sample(0, 0)[1], [3], (48, 48))
+    assert set(labels_full.unique().tolist()) == {0, 1}  # painted completely: everything is known
+    assert (labels_partial[2:][torch.from_numpy(instances[2:] == 0)] == UNKNOWN).all()
+    assert (labels_partial[:2] == 0).all() and (labels_partial[torch.from_numpy(instances > 0)] == 1).all()
+    assert float(distance.max()) == 1.0 and float(distance[torch.from_numpy(instances == 0)].max()) == 0.0
+
+
+@pytest.mark.parametrize("learner", ["dense", "prompts"])
+def test_a_failure_after_the_step_is_added_leaves_the_model_as_before(model, monkeypatch, learner):
+    import model.interactive.learn as learn
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure in the report")
+
+    monkeypatch.setattr(learn, "old_predictions_unchanged", broken)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = DENSE if learner == "dense" else FAST
+    with pytest.raises(RuntimeError, match="injected"):
+        learn_class(model, "sun", True, _examples(1), config)
+    state = model.state_dict()
+    assert model.num_steps == 0 and state.keys() == before.keys()
+    assert all(torch.equal(state[k], v) for k, v in before.items())

@@ -243,3 +243,41 @@ def test_screenshot_shows_the_prediction(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "colours on screen: ok" in out.stdout
     assert (tmp_path / "screenshot.png").stat().st_size > 2_000  # a real PNG of flat colour regions
+
+
+def test_partial_painting_with_background_is_saved_and_learned(make_napari_viewer, qtbot, tmp_path):
+    """Paint part of the class and some 'not this class' strokes: both are saved in the project, come
+    back when the layers reopen, and Learn uses them (the rest of the image is unknown)."""
+    from eclipse_napari.plugin.sample_data import class_instances
+
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2, 4))
+    widget.class_name.setText(NEW)
+    widget.class_kind.setCurrentText("stuff")
+    for n in (1, 2):
+        sand = class_instances(n, NEW)
+        part = np.zeros_like(sand)
+        rows = np.flatnonzero(sand.any(1))
+        part[rows[: len(rows) // 2]] = sand[rows[: len(rows) // 2]]  # the upper half of the sand only
+        annotate(widget, f"scene {n}", part)
+        background = widget.add_background_layer()
+        assert background.name == f"{NEW} background on scene {n}" and background.selected_label == 1
+        strokes = np.zeros_like(sand)
+        strokes[::24] = 1
+        background.data = np.where(sand > 0, 0, strokes)
+        widget.flush_annotations()
+    stored = widget.project.examples_for(NEW)
+    assert len(stored) == 2 and all(a.background is not None and a.background.any() for a in stored)
+    assert "background painted on 2" in widget.teach_info.text()
+    # Reopening the background layer restores it.
+    painted = widget.viewer.layers[f"{NEW} background on scene 2"].data.copy()
+    widget.viewer.layers.remove(f"{NEW} background on scene 2")
+    widget.image_choice.setCurrentText("scene 2")
+    assert np.array_equal(widget.add_background_layer().data, painted)
+
+    widget.iterations.setValue(150)
+    widget.learn()
+    wait_ready(widget, qtbot, timeout=300_000)
+    assert widget.last_learn is not None and widget.last_learn.state == "done", widget.last_message
+    assert "dense" in widget.steps.item(1).text() and "dense step" in widget.report.text()
+    panoptic, _ = predict(widget, qtbot, "scene 4")
+    assert NEW in set(panoptic.features["class"])

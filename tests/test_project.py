@@ -397,3 +397,27 @@ def test_module_imports_no_gui_or_torch():
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_painted_background_round_trips_and_can_stand_alone(project):
+    image = rgb_image()
+    project.ensure_category("cell", True)
+    background = np.zeros((20, 30), bool)
+    background[:, :2] = True
+    background[3, 5] = True  # under instance 1: the instance wins
+    project.save_annotation("img", image, things(), "cell", background)
+    again = Project(project.root).examples_for("cell")
+    assert len(again) == 1 and np.array_equal(again[0].instances, things())
+    assert again[0].background is not None and again[0].background.sum() == 40 and not again[0].background[3, 5]
+    entry = json.loads((project.root / "project.json").read_text())["annotations"][0]
+    assert entry["background"].endswith(".background.png") and (project.root / entry["background"]).is_file()
+    # COCO exports hold only the instances.
+    assert len(json.loads((project.root / "instances.json").read_text())["annotations"]) == 3
+    # Background alone (an image without the class) is kept; removing the background drops its file.
+    project.save_annotation("empty", rgb_image(), np.zeros((20, 30), np.int32), "cell", background)
+    assert {a.image_key for a in project.examples_for("cell")} == {"img", "empty"}
+    project.save_annotation("img", image, things(), "cell", None)
+    assert not (project.root / entry["background"]).exists()
+    assert Project(project.root).examples_for("cell")[1].background is None
+    with pytest.raises(ProjectError, match="background mask is"):
+        project.save_annotation("img", image, things(), "cell", np.zeros((5, 5), bool))

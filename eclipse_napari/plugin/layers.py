@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # session imports torch; the widget module must not
 
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 # Metadata keys on layers the plugin makes, so it can find them again.
-KIND_KEY = "eclipse_napari"  # "panoptic" | "semantic" | "annotation"
+KIND_KEY = "eclipse_napari"  # "panoptic" | "semantic" | "annotation" | "background"
 SOURCE_KEY = "eclipse_image"  # name of the image layer it belongs to
 CLASS_KEY = "eclipse_class"  # annotation layers: the class being taught
 THING_KEY = "eclipse_is_thing"

@@ -10,13 +10,17 @@ closed viewer never leaves a half-written file. Layout of a project folder `root
        "images": [{"id": 1, "key": "<image key>", "file": "images/<stem>.png", "width": W, "height": H,
                    "sha256": "<hash of the pixels>"}, ...],
        "annotations": [{"image": "<image key>", "class": "<class name>",
-                        "file": "masks/<class dir>/<stem>.png"}, ...]}
+                        "file": "masks/<class dir>/<stem>.png",
+                        "background": "masks/<class dir>/<stem>.background.png"}, ...]}  # optional
 
   Category ids are 1-based and project-local, in order of first use. Annotations are listed in save
   order (the last saved is last); image keys and class names are stored verbatim here only.
 - ``images/<stem>.png``: the image, uint8 grey (L) or RGB; rewritten only when its pixels change.
 - ``masks/<class dir>/<stem>.png``: one class's instance labels on one image, a lossless 16-bit grey
   PNG (0 = unlabelled, k > 0 = instance k). This is what `Project.annotations()` reads back.
+- ``masks/<class dir>/<stem>.background.png``: where the user painted "not this class" (8-bit, 255 =
+  background); with it, the other unpainted pixels of that image are unknown to Learn instead of
+  background (partial painting). An image may hold only background (an example without the class).
 - Exports, regenerated after every change (never read back by this module):
 
   - ``panoptic.json`` + ``panoptic/<stem>.png``: COCO panoptic (pixel id = R + 256 G + 256^2 B). One PNG
@@ -51,6 +55,7 @@ from .project_files import (
     PROJECT_FILE,
     VERSION,
     ProjectError,
+    check_background,
     check_color,
     check_image,
     check_instances,
@@ -72,6 +77,7 @@ class Annotation:
     class_name: str
     image: np.ndarray  # uint8 [H, W] or [H, W, 3]
     instances: np.ndarray  # int32 [H, W]; 0 = unlabelled, k > 0 = instance k
+    background: np.ndarray | None = None  # bool [H, W]: painted "not this class"; None = none painted
 
 
 class Project:
@@ -118,15 +124,21 @@ class Project:
         self._commit([*self._categories, new], self._images, self._entries)
         return cid
 
-    def save_annotation(self, image_key: str, image: np.ndarray, instances: np.ndarray, class_name: str) -> None:
-        """Store `instances` of `class_name` on `image`; an all-zero label image removes the entry instead."""
+    def save_annotation(self, image_key: str, image: np.ndarray, instances: np.ndarray, class_name: str,
+                        background: np.ndarray | None = None) -> None:
+        """Store `instances` of `class_name` on `image`, with the painted background ("not this class")
+        if any; nothing painted at all removes the entry instead."""
         check_name(image_key, "image key")
         check_name(class_name, "class name")
         if self._category(class_name) is None:
             raise ProjectError(f"unknown class {class_name!r}: call ensure_category() first")
         image = check_image(image)
         instances = check_instances(instances, image.shape[:2])
-        if not instances.any():
+        background = None if background is None else check_background(background, image.shape[:2])
+        if background is not None:
+            background = background & (instances == 0)  # an instance painted over background wins
+            background = background if background.any() else None
+        if not instances.any() and background is None:
             self.remove_annotation(image_key, class_name)
             return
 
@@ -157,9 +169,17 @@ class Project:
 
         mask_file = entry["file"] if entry else f"masks/{self._class_dir(class_name)}/{stem}.png"
         write_png(self.root / mask_file, instances.astype("<u2"))
+        new_entry = {"image": image_key, "class": class_name, "file": mask_file}
+        stale_background = entry.get("background") if entry else None
+        if background is not None:
+            new_entry["background"] = mask_file[: -len(".png")] + ".background.png"
+            write_png(self.root / new_entry["background"], background.astype(np.uint8) * 255)
+            stale_background = None
         entries = [e for e in self._entries if e is not entry]
-        entries.append({"image": image_key, "class": class_name, "file": mask_file})
+        entries.append(new_entry)
         self._commit(self._categories, images, entries, changed=image_key)
+        if stale_background:  # the index no longer refers to it
+            unlink(self.root / stale_background)
 
     def remove_annotation(self, image_key: str, class_name: str) -> None:
         """Delete the stored annotation of `class_name` on `image_key` (no-op when there is none)."""
@@ -177,6 +197,8 @@ class Project:
         self._commit(self._categories, images, entries, changed=image_key)
         # The index no longer refers to these files; a crash before this point only leaves orphans.
         unlink(self.root / entry["file"])
+        if entry.get("background"):
+            unlink(self.root / entry["background"])
         if orphan is not None:
             unlink(self.root / orphan["file"])
             unlink(self.root / "panoptic" / f"{Path(orphan['file']).stem}.png")
@@ -186,9 +208,9 @@ class Project:
         return self._read(sorted(self._entries, key=lambda e: (e["image"], e["class"])))
 
     def examples_for(self, class_name: str) -> list[Annotation]:
-        """The non-empty annotations of one class, sorted by image key."""
+        """The non-empty annotations of one class (instances or painted background), sorted by image key."""
         entries = sorted((e for e in self._entries if e["class"] == class_name), key=lambda e: e["image"])
-        return [a for a in self._read(entries) if a.instances.any()]
+        return [a for a in self._read(entries) if a.instances.any() or a.background is not None]
 
     # ------------------------------------------------------------------ index
 
@@ -248,7 +270,12 @@ class Project:
                 raise ProjectError(
                     f"{self.root / e['file']}: mask is {instances.shape}, its image {info['file']} is {image.shape}"
                 )
-            out.append(Annotation(key, e["class"], image.copy(), instances))
+            background = None
+            if e.get("background"):
+                background = read_png(self.root / e["background"], np.uint8) > 0
+                if background.shape != instances.shape:
+                    raise ProjectError(f"{self.root / e['background']}: mask is {background.shape}, not {instances.shape}")
+            out.append(Annotation(key, e["class"], image.copy(), instances, background))
         return out
 
     # ------------------------------------------------------------------ exports

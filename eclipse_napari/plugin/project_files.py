@@ -66,6 +66,15 @@ def check_instances(instances: Any, shape: tuple[int, ...]) -> np.ndarray:
     return instances
 
 
+def check_background(background: Any, shape: tuple[int, ...]) -> np.ndarray:
+    background = np.asarray(background)
+    if background.shape != tuple(shape):
+        raise ProjectError(f"the background mask is {background.shape} but the image is {tuple(shape)} (H, W)")
+    if background.dtype != bool and not np.issubdtype(background.dtype, np.integer):
+        raise ProjectError(f"the background mask must be boolean or integer, got {background.dtype}")
+    return background.astype(bool)
+
+
 def pixel_hash(image: np.ndarray) -> str:
     h = hashlib.sha256(f"{image.shape}|{image.dtype.str}|".encode())
     h.update(np.ascontiguousarray(image).tobytes())
@@ -178,12 +187,14 @@ def parse_index(data: Any) -> tuple[list[dict], list[dict], list[dict]]:
         if e.get("class") not in names:
             raise ProjectError(f"{what}: class {e.get('class')!r} is not in 'categories'")
         check_rel_path(e.get("file"), "masks", what)
+        if "background" in e:
+            check_rel_path(e.get("background"), "masks", what)
         pair = (e["image"], e["class"])
         if pair in seen:
             raise ProjectError(f"{what}: image {pair[0]!r} has two annotations of class {pair[1]!r}")
         seen.add(pair)
-        entries.append({"image": e["image"], "class": e["class"], "file": e["file"]})
-    files = [e["file"] for e in entries]
+        entries.append({k: e[k] for k in ("image", "class", "file", "background") if k in e})
+    files = [e["file"] for e in entries] + [e["background"] for e in entries if "background" in e]
     if len(set(files)) != len(files):
         raise ProjectError("two annotations share a mask file")
     return categories, images, entries

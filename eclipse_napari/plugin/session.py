@@ -43,6 +43,7 @@ class StepInfo:
     step: int  # 0 = the base model
     classes: tuple  # ClassSpec
     delta: float
+    dense: bool = False  # a dense step (per-pixel head, no queries, no delta)
 
 
 class Session:
@@ -65,7 +66,8 @@ class Session:
         return self.model.classes
 
     def steps(self) -> list[StepInfo]:
-        return [StepInfo(t, tuple(g.classes), float(g.delta)) for t, g in enumerate(self.model.groups)]
+        return [StepInfo(t, tuple(g.classes), float(g.delta), t > 0 and g.num_queries == 0)
+                for t, g in enumerate(self.model.groups)]
 
     @contextmanager
     def _exclusive(self, what: str):
@@ -104,15 +106,17 @@ class Session:
         callback: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         save_to: Path | None = None,
+        context: list[np.ndarray] = (),
     ) -> LearnResult:
-        """Adds a step for one new class; cancel or an error leaves the model exactly as it was."""
+        """Adds a step for one new class; cancel or an error leaves the model exactly as it was.
+        `context`: other images open (unpainted), where what the model already knows is not the class."""
         name, config = name.strip(), config or LearnConfig()
         if not name:
             raise ValueError("give the new class a name first")
         with self._exclusive("learn"):
             start = time.perf_counter()
-            result = learn_class(self.model, name, is_thing, examples, config, color=color, device=self.device,
-                                 callback=callback, cancel=cancel)
+            result = learn_class(self.model, name, is_thing, examples, config, context=list(context), color=color,
+                                 device=self.device, callback=callback, cancel=cancel)
             self.model.eval()
             if result.state == RunState.DONE and save_to is not None:
                 self._save(save_to)

@@ -101,8 +101,13 @@ class EclipseWidget(QWidget):
         self.class_kind = QComboBox()
         self.class_kind.addItems(["thing", "stuff"])
         self.annotate_button = button("Annotate selected image", self.add_annotation_layer)
-        self.teach_info = QLabel("Name a class, then paint its instances (one label per instance).", wordWrap=True)
-        teach_box = box("Teach", row(self.class_name, self.class_kind), self.annotate_button, self.teach_info)
+        self.background_button = button("Paint background", self.add_background_layer)
+        self.background_button.setToolTip("paint 'not this class' beside a few instances: the rest of the image "
+                                          "then counts as unknown, so you need not paint every instance")
+        self.teach_info = QLabel("Name a class, then paint its instances (one label per instance); paint a "
+                                 "few of them and some background, or all of them.", wordWrap=True)
+        teach_box = box("Teach", row(self.class_name, self.class_kind), row(self.annotate_button,
+                        self.background_button), self.teach_info)
 
         self.iterations = QSpinBox(minimum=10, maximum=20000, value=LearnConfig().iterations, singleStep=50)
         self.learn_button = button("Learn", self.learn)
@@ -136,6 +141,7 @@ class EclipseWidget(QWidget):
                   self.import_button, self.save_button, self.load_button):
             b.setEnabled(ready)
         self.annotate_button.setEnabled(self.state != State.LOADING)
+        self.background_button.setEnabled(self.state != State.LOADING)
         self.cancel_button.setEnabled(self.state in (State.LEARNING, State.PREDICTING))
         if ready and self.session is not None:
             self.undo_button.setEnabled(self.session.model.num_steps > 0)
@@ -179,7 +185,8 @@ class EclipseWidget(QWidget):
         for info in self.session.steps():
             names = ", ".join(f"{c.name} ({'thing' if c.is_thing else 'stuff'})" for c in info.classes)
             label = "base" if info.step == 0 else f"step {info.step}"
-            self.steps.addItem(f"{label}: {names}   δ={info.delta:g}")
+            kind = "dense" if info.dense else f"δ={info.delta:g}"
+            self.steps.addItem(f"{label}: {names}   {kind}")
         self.legend.set_classes(model.classes)
         self._update_buttons()
 
@@ -318,28 +325,37 @@ class EclipseWidget(QWidget):
             raise ValueError(f"the model already knows a class named {name!r}: choose another name")
         return name, self.class_kind.currentText() == "thing"
 
-    def add_annotation_layer(self):
-        """A Labels layer over the selected image for painting instances of the new class (what the
-        project already holds for this class and image is restored into it)."""
+    def add_annotation_layer(self, kind: str = annotations.INSTANCES):
+        """A Labels layer over the selected image for painting instances of the new class, or (kind
+        BACKGROUND) "not this class"; what the project holds for this class and image is restored."""
         try:
             name, is_thing = self._new_class()
             image = self._image_layer()
             self.project.ensure_category(name, is_thing, _next_class_color(self.session))
         except (ValueError, LayerInputError) as exc:
             return self._notify(str(exc), "error")
-        data, kwargs = annotations.new_layer_args(image, name, is_thing)
+        data, kwargs = annotations.new_layer_args(image, name, is_thing, kind)
         if kwargs["name"] in self.viewer.layers:
             layer = self.viewer.layers[kwargs["name"]]
         else:
+            if kind == annotations.BACKGROUND:  # one grey label: "not this class"
+                kwargs["colormap"] = _colormap({None: L.TRANSPARENT, 0: L.TRANSPARENT, 1: annotations.BACKGROUND_COLOR})
+                kwargs["opacity"] = 0.6
             layer = self.viewer.add_labels(data, **kwargs)
             annotations.restore(layer, self.project, self._saved_planes)
-            layer.brush_size = 8
+            layer.brush_size = 8 if kind == annotations.INSTANCES else 16
             for event in (layer.events.paint, layer.events.data):
                 event.connect(lambda *_, n=layer.name: self._annotation_changed(n))
+        if kind == annotations.BACKGROUND:
+            layer.selected_label = 1
         layer.mode = "paint"
         self.viewer.layers.selection.active = layer
         self._update_teach_info()
         return layer
+
+    def add_background_layer(self):
+        """The background ("not this class") layer of the selected image, in paint mode."""
+        return self.add_annotation_layer(annotations.BACKGROUND)
 
     def _annotation_changed(self, layer_name: str) -> None:
         self._dirty_layers.add(layer_name)
@@ -347,15 +363,20 @@ class EclipseWidget(QWidget):
 
     def flush_annotations(self) -> None:
         """Writes changed annotation layers into the project (runs 0.3 s after the last stroke)."""
+        pairs = set()
         for name in sorted(self._dirty_layers):
             layer = self.viewer.layers[name] if name in self.viewer.layers else None  # removed meanwhile?
-            source = layer.metadata[L.SOURCE_KEY] if layer is not None else None
+            if layer is not None:
+                pairs.add((layer.metadata[L.CLASS_KEY], layer.metadata[L.SOURCE_KEY]))
+        for class_name, source in sorted(pairs):
             if source not in self.viewer.layers:
                 continue
+            instance_layer, background_layer = annotations.pair_of(self.viewer.layers, class_name, source)
             try:
-                annotations.save(layer, self.viewer.layers[source], self.project, self._saved_planes)
+                annotations.save(instance_layer, background_layer, self.viewer.layers[source], self.project,
+                                 self._saved_planes)
             except (ProjectError, ValueError, OSError) as exc:
-                self._notify(f"could not save the annotations of {name!r}: {exc}", "error")
+                self._notify(f"could not save the annotations of {class_name!r} on {source!r}: {exc}", "error")
         self._dirty_layers.clear()
         self._update_teach_info()
 
@@ -371,9 +392,11 @@ class EclipseWidget(QWidget):
         self.flush_annotations()
         try:
             name, is_thing = self._new_class()
-            examples = [Example(a.image, a.instances) for a in annotations.examples(self.project, name)]
-            if not examples:
+            stored = annotations.examples(self.project, name)
+            examples = [Example(a.image, a.instances, a.background) for a in stored]
+            if not any(a.instances.any() for a in stored):
                 raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
+            context = self._context_planes({a.image_key for a in stored})
             kinds = {c["name"]: bool(c["isthing"]) for c in self.project.categories}
             is_thing = kinds.get(name, is_thing)
         except (ValueError, ProjectError) as exc:
@@ -389,9 +412,29 @@ class EclipseWidget(QWidget):
 
             torch.set_num_threads(threads)
             return self.session.learn(name, is_thing, examples, config, callback=self._on_progress,
-                                      cancel=self._aborted, save_to=self._model_folder)
+                                      cancel=self._aborted, save_to=self._model_folder, context=context)
 
         self._start(run, on_done=self._on_learned, state=State.LEARNING)
+
+    def _context_planes(self, annotated: set, limit: int = 8) -> list:
+        """The current planes of other open image layers (at most `limit`): Learn takes what the model
+        already knows confidently there as "not the new class"."""
+        from napari.layers import Image
+
+        out = []
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Image) or len(out) >= limit:
+                continue
+            lead = layer.data.ndim - (3 if layer.rgb else 2)
+            point = layer.world_to_data(self.viewer.dims.point)
+            index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], layer.data.shape[:lead]))
+            if L.plane_key(layer.name, index) in annotated:
+                continue
+            try:
+                out += [plane for _, plane in planes_of(layer.data, layer.rgb, index, layer.contrast_limits)]
+            except LayerInputError:
+                continue  # a layer the model cannot read is simply not used
+        return out
 
     @ensure_main_thread
     def _on_progress(self, p) -> None:
@@ -411,7 +454,8 @@ class EclipseWidget(QWidget):
             unchanged = "" if result.old_pixels_unchanged is None else (
                 f"; old classes unchanged on {100 * result.old_pixels_unchanged:.1f}% of the annotated images' "
                 "pixels outside the new class")
-            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s (δ = {result.delta:g}){unchanged}.")
+            how = "a dense step" if result.delta is None else f"δ = {result.delta:g}"
+            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s ({how}){unchanged}.")
             self._notify(f"Learned {name!r} in {result.seconds:.0f} s")
         self._refresh_model()
         QTimer.singleShot(0, self._repredict)

@@ -4,9 +4,9 @@ from collections.abc import Iterable
 
 import torch
 
+from .augment import AugmentConfig
 from .coco_panoptic import PanopticDataset, build_targets
 from .scenarios import Scenario
-from .augment import AugmentConfig
 from .transforms import TrainTransform, image_to_tensor
 
 

@@ -10,22 +10,52 @@ from ..training.progress import RunState
 
 @dataclass
 class Example:
-    """One painted image: `instances` holds 0 where nothing is said and k > 0 for instance k of the class."""
+    """One painted image: `instances` holds k > 0 on instance k of the class and 0 elsewhere.
+
+    Without `background`, every unpainted pixel is taken as "not this class" (the image is painted
+    completely). With `background` (True where the user painted "not this class"), only those pixels are
+    known background and the other unpainted ones are unknown: a few instances and a few strokes teach.
+    """
 
     image: np.ndarray  # [H,W], [H,W,3|4] or [3,H,W], uint8 or float in 0..255
     instances: np.ndarray  # [H,W] integers
+    background: np.ndarray | None = None  # [H,W] bool, or None
+
+    @property
+    def partial(self) -> bool:
+        return self.background is not None and bool(np.asarray(self.background).any())
+
+
+LEARNERS = ("dense", "prompts")
 
 
 @dataclass(frozen=True)
 class LearnConfig:
-    iterations: int = 100  # 3 images overfit: PQ on held-out scenes peaks early (benchmarks/learn_speed.py)
-    batch_size: int = 4
-    lr: float = 3e-3  # prompt tuning, as the scenes scenarios (benchmarks/learn_speed.py)
-    num_prompts: int = 10
+    """How Learn trains. learner "dense": a dense step (a per-pixel head on the frozen features; finds any
+    number of instances and learns from partial painting); "prompts": the published ECLIPSE prompt step."""
+
+    learner: str = "dense"
+    iterations: int = 300
+    batch_size: int = 2
+    lr: float = 3e-3
+    clip_norm: float = 1.0
+    num_prompts: int = 10  # prompts only
+    num_points: int = 3136  # prompts only: points per mask in the losses
+    dense_hidden: int = 48  # dense only: channels of the head
     augment_variants: int = 8
-    num_points: int = 3136
     seed: int = 0
     augment: AugmentConfig = field(default_factory=scenes)  # light: scale, flip, mild colour jitter
+
+    def __post_init__(self) -> None:
+        if self.learner not in LEARNERS:
+            raise ValueError(f"unknown learner {self.learner!r}; choose from {list(LEARNERS)}")
+
+    @staticmethod
+    def prompts(**changes) -> "LearnConfig":
+        """The published prompt step with the settings measured for it (benchmarks/learn_speed.py: three
+        images overfit, so PQ peaks early): 100 iterations of batch 4 at lr 3e-3, clipping at 0.01."""
+        settings = dict(learner="prompts", iterations=100, batch_size=4, lr=3e-3, clip_norm=0.01)
+        return LearnConfig(**(settings | changes))
 
 
 @dataclass

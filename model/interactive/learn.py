@@ -1,9 +1,11 @@
 """Teaching one new class from a few painted examples: the headless core of the napari "Learn" button.
 
-`learn_class` adds a prompt step, trains it on the examples (frozen features cached, so iterations after
-the first pass cost only the small decoder), chooses delta on the examples, and reports whether the old
-classes' predictions changed on them. Cancel or failure removes the step again: the model is then
-exactly as before.
+`learn_class` adds a step for the class, trains it on the examples (frozen features cached, so
+iterations after the first pass cost only the small trainable part) and reports whether the old
+classes' predictions changed on them. The default step is dense (a per-pixel head, see
+`model.network.dense_head`); `LearnConfig.prompts()` gives the published prompt step, whose delta is
+then chosen on the examples. Cancel or any failure removes the step again: the model is then exactly
+as before.
 """
 
 from collections.abc import Callable, Sequence
@@ -15,35 +17,57 @@ from ..data.augment import AugmentConfig
 from ..data.labelled import LabelledImage
 from ..data.transforms import TrainTransform
 from ..evaluation.deltas import select_deltas
+from ..network.dense_head import InstanceRule
 from ..network.eclipse import EclipseModel, to_chw_tensor
 from ..training.criterion import LossConfig
-from ..training.engine import NonFiniteLossError, TrainConfig, train
+from ..training.engine import TrainConfig, train
 from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult
 
+# Where the model, before the step, holds a pixel with at least this probability (score x mask), that pixel
+# is taken as its old class: a negative for a dense step, on unpainted pixels and on context images.
+CONFIDENT = 0.9
+ABSORBING = 0.05  # an old class holding this share of the painted pixels is the new class's look-alike
+CONTEXT_MIN_SHARE = 0.1  # a context image helps only if the model holds this share of it confidently
+
 
 class ExampleSet:
-    """The engine's view of the examples: target = the painted instances of the new class."""
+    """The engine's view of the examples: one mask per painted instance (the whole painted region for
+    stuff), labelled with the class id, plus, for dense steps, known background as masks labelled 0.
+    `repeats[i]` lists example i that many times (painted images weigh more than context images)."""
 
-    def __init__(self, examples: Sequence[Example], class_id: int, is_thing: bool, augment: AugmentConfig | None):
+    def __init__(self, examples: Sequence[Example], class_id: int, is_thing: bool, augment: AugmentConfig | None,
+                 with_background: bool, repeats: Sequence[int] | None = None):
         self.images = [to_chw_tensor(e.image).round().clamp(0, 255).to(torch.uint8) for e in examples]
-        self.targets = [_target(e.instances, class_id, is_thing) for e in examples]
+        self.targets = [_target(e, class_id, is_thing, with_background) for e in examples]
         self.transform = TrainTransform(augment) if augment is not None else None
+        repeats = repeats or [1] * len(examples)
+        self.order = [i for i, n in enumerate(repeats) for _ in range(n)]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.order)
 
     def sample(self, index: int, augmentation_seed: int):
+        index = self.order[index]
         image, target = self.images[index], self.targets[index]
         if self.transform is not None:
             return self.transform.apply(image, target, augmentation_seed)
         return image, target
 
 
-def _target(instances: np.ndarray, class_id: int, is_thing: bool) -> dict:
+def _target(example: Example, class_id: int, is_thing: bool, with_background: bool) -> dict:
+    instances = np.asarray(example.instances)
     ids = [int(i) for i in np.unique(instances) if i > 0]
     masks = [instances == i for i in ids] if is_thing else [instances > 0]
-    return {"labels": torch.full((len(masks),), class_id, dtype=torch.int64),
+    labels = [class_id] * len(masks)
+    if with_background:
+        # Painted "not this class", or, on a completely painted image, everything unpainted.
+        known = np.asarray(example.background, bool) if example.partial else instances == 0
+        known = known & (instances == 0)
+        if known.any():
+            masks.append(known)
+            labels.append(0)
+    return {"labels": torch.tensor(labels, dtype=torch.int64),
             "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, *instances.shape, dtype=bool)}
 
 
@@ -58,8 +82,57 @@ def check_examples(examples: Sequence[Example]) -> None:
             raise ValueError(f"example {n}: annotation shape {inst.shape} does not match the image {tuple(image.shape[-2:])}")
         if not np.issubdtype(inst.dtype, np.integer):
             raise ValueError(f"example {n}: annotations must be integer labels, got {inst.dtype}")
+        if e.background is not None and np.asarray(e.background).shape != inst.shape:
+            raise ValueError(f"example {n}: background shape {np.asarray(e.background).shape} does not match "
+                             f"the annotation {inst.shape}")
     if not any((np.asarray(e.instances) > 0).any() for e in examples):
         raise ValueError("the annotations are empty: paint at least one instance of the new class")
+
+
+def instance_rule(examples: Sequence[Example], is_thing: bool) -> InstanceRule:
+    """Post-processing fixed from the painting alone: segments smaller than a quarter of the smallest
+    painted instance (for stuff: of a fiftieth of the median painted region) are dropped."""
+    areas = []
+    for e in examples:
+        inst = np.asarray(e.instances)
+        if is_thing:
+            areas += [int(a) for a in np.bincount(inst.ravel())[1:] if a > 0]
+        elif (inst > 0).any():
+            areas.append(int((inst > 0).sum()))
+    smallest = min(areas) / 4 if is_thing else float(np.median(areas)) / 50
+    return InstanceRule(min_area=float(max(4.0, smallest)))
+
+
+def old_class_negatives(examples: Sequence[Example], references: list, context: Sequence, context_refs: list):
+    """Examples with the pixels the model already holds confidently for an old class added as known
+    background: on the unpainted pixels of partly painted examples, and on context images (unpainted
+    images, which may hold the new class too, so only such pixels count). Old classes that hold a fair
+    share of the painted instances (the new class's look-alikes) are never taken as negatives."""
+    painted = 0
+    counts: dict[int, int] = {}
+    for e, ref in zip(examples, references):
+        positive = np.asarray(e.instances) > 0
+        confident = ref.confidence.numpy() >= CONFIDENT
+        classes = ref.semantic.numpy()[positive & confident]
+        for c, n in zip(*np.unique(classes, return_counts=True)):
+            counts[int(c)] = counts.get(int(c), 0) + int(n)
+        painted += int(positive.sum())
+    look_alikes = [c for c, n in counts.items() if n >= ABSORBING * max(painted, 1)]
+
+    def negatives(ref) -> np.ndarray:
+        return (ref.confidence.numpy() >= CONFIDENT) & ~np.isin(ref.semantic.numpy(), look_alikes)
+
+    out = []
+    for e, ref in zip(examples, references):
+        if e.partial:
+            e = Example(e.image, e.instances, np.asarray(e.background, bool) | negatives(ref))
+        out.append(e)
+    extra = []
+    for image, ref in zip(context, context_refs):
+        known = negatives(ref)
+        if known.mean() >= CONTEXT_MIN_SHARE:
+            extra.append(Example(image, np.zeros(known.shape, np.int32), known))
+    return out, extra
 
 
 def learn_class(
@@ -69,35 +142,56 @@ def learn_class(
     examples: Sequence[Example],
     config: LearnConfig = LearnConfig(),
     *,
+    context: Sequence = (),
     color=None,
     device="cpu",
     callback: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> LearnResult:
+    """Teaches the model one new class from painted examples. `context`: other images (unpainted; they
+    may show the class too): a dense step takes what the model already holds confidently there as
+    negatives, so the new class does not spill onto what the model knew."""
     check_examples(examples)
     if name.strip() in {c.name for c in model.classes}:
         raise ValueError(f"a class named {name.strip()!r} already exists")
     reference = [model.predict(e.image) for e in examples]
-    model.add_step([name], [is_thing], config.num_prompts, None if color is None else [color])
-    class_id = model.num_classes
-    data = ExampleSet(examples, class_id, is_thing, config.augment)
-    train_config = TrainConfig(
-        iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        augment_variants=config.augment_variants, loss=LossConfig(num_points=config.num_points),
-    )
-    try:
+    colors = None if color is None else [color]
+    dense = config.learner == "dense"
+    repeats = None
+    if dense:
+        examples, extra = old_class_negatives(examples, reference, context, [model.predict(c) for c in context])
+        # The painted examples make at least two thirds of what is drawn, however many context images.
+        repeats = [max(1, -(-2 * len(extra) // len(examples)))] * len(examples) + [1] * len(extra)
+        train_examples = list(examples) + extra
+        with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
+            torch.manual_seed(config.seed)
+            model.add_dense_step([name], [is_thing], colors, config.dense_hidden, instance_rule(examples, is_thing))
+    else:
+        train_examples = list(examples)
+        model.add_step([name], [is_thing], config.num_prompts, colors)
+    try:  # from here on, any failure removes the step again
+        class_id = model.num_classes
+        data = ExampleSet(train_examples, class_id, is_thing, config.augment, dense, repeats)
+        train_config = TrainConfig(
+            iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+            clip_norm=config.clip_norm, augment_variants=config.augment_variants,
+            loss=LossConfig(num_points=config.num_points),
+        )
         result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
-    except (NonFiniteLossError, RuntimeError, ValueError):
+        if result.state == RunState.CANCELLED:
+            model.remove_last_step()
+            return LearnResult(RunState.CANCELLED, None, None, result.seconds, result.losses, None)
+        model.eval()
+        table = []
+        if not dense:
+            deltas, table = select_deltas(model, [_labelled(e, class_id) for e in examples], reference)
+            model.set_deltas(deltas)
+        unchanged = old_predictions_unchanged(model, examples, reference, class_id)
+    except BaseException:
         model.remove_last_step()
         raise
-    if result.state == RunState.CANCELLED:
-        model.remove_last_step()
-        return LearnResult(RunState.CANCELLED, None, None, result.seconds, result.losses, None)
-    labelled = [_labelled(e, class_id) for e in examples]
-    deltas, table = select_deltas(model, labelled, reference)
-    model.set_deltas(deltas)
-    return LearnResult(RunState.DONE, class_id, deltas[-1], result.seconds, result.losses,
-                       old_predictions_unchanged(model, examples, reference, class_id), table)
+    return LearnResult(RunState.DONE, class_id, None if dense else model.deltas[-1], result.seconds, result.losses,
+                       unchanged, table)
 
 
 def _labelled(example: Example, class_id: int) -> LabelledImage:

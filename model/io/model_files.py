@@ -14,8 +14,9 @@ import torch
 from ..network.build import build_model
 from ..network.classes import ClassSpec
 from ..network.config import ModelConfig
+from ..network.dense_head import InstanceRule
 from ..network.eclipse import EclipseModel
-from ..network.query_groups import QueryGroup
+from ..network.query_groups import DenseGroup, QueryGroup
 from .atomic import atomic_write_json
 from .tensor_files import CheckpointError, load_tensor_file, save_tensor_file, tensor_fingerprint
 
@@ -83,12 +84,15 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
     group = model.groups[step] if 1 <= step <= model.num_steps else None
     if group is None:
         raise ValueError(f"the model has steps 1..{model.num_steps}, not {step}")
+    if isinstance(group, DenseGroup):
+        layout = {"dense_head": {"hidden": group.head.hidden, "rule": group.rule.to_json()}}
+    else:
+        layout = {"position_sets": group.positions.shape[0], "owns_no_object_head": group.no_object_head is not None}
     metadata = {
         "step": step,
         "classes": [c.to_json() for c in group.classes],
         "num_prompts": group.num_queries,
-        "position_sets": group.positions.shape[0],
-        "owns_no_object_head": group.no_object_head is not None,
+        **layout,
         # The deltas in effect right after this step (later steps may re-tune earlier deltas).
         "deltas": model.deltas if step == model.num_steps else list(model.groups[step + 1].previous_deltas),
         "base_fingerprint": base_fingerprint(model),
@@ -98,14 +102,17 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
     save_tensor_file(path, step_tensors(model, step), STEP_KIND, metadata)
 
 
-def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup:
+def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | DenseGroup:
     """Appends the step stored in `path` to `model`; refuses a step of another base or out of order."""
     tensors, meta = load_tensor_file(path, kind=STEP_KIND)
     try:
         step, deltas = int(meta["step"]), [float(d) for d in meta["deltas"]]
         classes = [ClassSpec.from_json(c) for c in meta["classes"]]
         base_fp, parent_fp = meta["base_fingerprint"], meta["parent_fingerprint"]
-        position_sets, owns_no_object = int(meta["position_sets"]), bool(meta["owns_no_object_head"])
+        if "dense_head" in meta:  # a dense step (no queries)
+            hidden, rule = int(meta["dense_head"]["hidden"]), InstanceRule.from_json(meta["dense_head"]["rule"])
+        else:
+            position_sets, owns_no_object = int(meta["position_sets"]), bool(meta["owns_no_object_head"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the step metadata is incomplete or invalid ({exc})") from exc
     if base_fp != base_fingerprint(model):
@@ -125,10 +132,13 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup:
         raise CheckpointError(f"{path}: the model already has classes named {clash}")
     if len(deltas) != step + 1:
         raise CheckpointError(f"{path}: expected {step + 1} deltas, found {len(deltas)}")
-    content = tensors.get("content")
-    if content is None or content.ndim != 2:
-        raise CheckpointError(f"{path}: the step file has no valid 'content' tensor")
-    group = QueryGroup(content.shape[0], model.config.hidden_dim, classes, position_sets, owns_no_object)
+    if "dense_head" in meta:
+        group = DenseGroup(model.config.hidden_dim, classes, hidden, rule)
+    else:
+        content = tensors.get("content")
+        if content is None or content.ndim != 2:
+            raise CheckpointError(f"{path}: the step file has no valid 'content' tensor")
+        group = QueryGroup(content.shape[0], model.config.hidden_dim, classes, position_sets, owns_no_object)
     load_exact(group, tensors, path, "step")
     group.previous_deltas = model.deltas
     model.decoder.groups.append(group.to(model.pixel_mean.device))

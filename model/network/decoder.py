@@ -17,6 +17,9 @@ from .position_encoding import sine_position_encoding
 from .query_groups import QueryGroup
 from .transformer_layers import DecoderLayer
 
+# The class logit a dense step's classes get from every query (sigmoid ~1e-13: they never win a query).
+DENSE_CLASS_LOGIT = -30.0
+
 
 @dataclass
 class DecoderOutput:
@@ -69,8 +72,13 @@ class MaskedAttentionDecoder(nn.Module):
         return next(g.no_object_head for g in reversed(self.groups) if g.no_object_head is not None)
 
     def class_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
-        """Logits of every group's class head, then no-object, for decoder-normed hidden states."""
-        heads = [g.class_head(normed_hidden) for g in self.groups]
+        """Logits of every group's class head, then no-object, for decoder-normed hidden states. A dense
+        step's classes get a constant, losing logit: no query ever predicts them."""
+        heads = [
+            normed_hidden.new_full((*normed_hidden.shape[:-1], g.num_classes), DENSE_CLASS_LOGIT)
+            if g.num_queries == 0 else g.class_head(normed_hidden)
+            for g in self.groups
+        ]  # fmt: skip
         return torch.cat(heads + [self.no_object_head()(normed_hidden)], dim=-1)
 
     def predict(self, hidden: torch.Tensor, group: QueryGroup) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +96,7 @@ class MaskedAttentionDecoder(nn.Module):
         """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels)."""
         if group_ids is None:
             group_ids = list(range(len(self.groups)))
+        group_ids = [g for g in group_ids if self.groups[g].num_queries > 0]  # dense steps have none
         batch = mask_features.shape[0]
         sizes = [m.shape[-2:] for m in memories]
         # Resizing is linear, so masks at a level = einsum with the mask features resized to that level:

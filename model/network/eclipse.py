@@ -1,6 +1,6 @@
 """The ECLIPSE model: frozen Mask2Former base plus one prompt group per continual step."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -10,9 +10,10 @@ from torch import nn
 from .classes import ClassSpec, make_classes
 from .config import ModelConfig
 from .decoder import DecoderOutput, MaskedAttentionDecoder
+from .dense_head import InstanceRule, dense_input, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
-from .postprocess import PanopticResult, panoptic_merge, resize_mask_logits
-from .query_groups import QueryGroup
+from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits
+from .query_groups import DenseGroup, QueryGroup
 
 # Deltas used when a step is added and none is given: the published ADE values (base 0.4, steps 0.5).
 DEFAULT_BASE_DELTA = 0.4
@@ -28,6 +29,7 @@ class RawPrediction:
     mask_logits: torch.Tensor  # [B, Q, Hp/4, Wp/4] at stride 4 of the padded input
     padded_size: tuple[int, int]
     image_size: tuple[int, int]
+    dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/4, Wp/4]
 
 
 class EclipseModel(nn.Module):
@@ -91,12 +93,7 @@ class EclipseModel(nn.Module):
         train_no_object=True (the published choice): the step trains its own copy of the no-object MLP,
         which then serves all groups; removing the step restores the previous one exactly.
         """
-        known = {c.name for c in self.classes}
-        classes = make_classes(class_names, is_thing, colors, start_index=self.num_classes)
-        names = [c.name for c in classes]
-        duplicates = sorted({n for n in names if n in known or names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"class names already used: {duplicates}")
+        classes = self._new_classes(class_names, is_thing, colors)
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
         base = self.decoder.groups[0]
@@ -114,11 +111,32 @@ class EclipseModel(nn.Module):
         if train_no_object:
             group.no_object_head.load_state_dict(no_object.state_dict())
         group.previous_deltas = self.deltas  # what removing this step restores
-        if self.num_steps == 0 and base.delta == 0:
+        if not any(g.num_queries for g in self.groups[1:]) and base.delta == 0:  # the first prompt step
             base.delta.fill_(DEFAULT_BASE_DELTA)
         self.decoder.groups.append(group)
         self.freeze_for_training()
         return group
+
+    @torch.no_grad()
+    def add_dense_step(self, class_names, is_thing, colors=None, hidden: int = 64,
+                       rule: InstanceRule | None = None) -> DenseGroup:
+        """Adds a dense step (a per-pixel head on the frozen mask features, no queries) and freezes
+        everything else; earlier steps' outputs stay bit-identical and no deltas change."""
+        classes = self._new_classes(class_names, is_thing, colors)
+        group = DenseGroup(self.config.hidden_dim, classes, hidden, rule).to(self.pixel_mean.device)
+        group.previous_deltas = self.deltas
+        self.decoder.groups.append(group)
+        self.freeze_for_training()
+        return group
+
+    def _new_classes(self, class_names, is_thing, colors) -> list[ClassSpec]:
+        known = {c.name for c in self.classes}
+        classes = make_classes(class_names, is_thing, colors, start_index=self.num_classes)
+        names = [c.name for c in classes]
+        duplicates = sorted({n for n in names if n in known or names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"class names already used: {duplicates}")
+        return classes
 
     def remove_last_step(self) -> None:
         """Undo: drops the newest step; earlier groups and their deltas are exactly as before it."""
@@ -177,7 +195,11 @@ class EclipseModel(nn.Module):
         x, image_size = self.preprocess(images)
         mask_features, memories = self.encode(x)
         out = self.decode(mask_features, memories)
-        return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), tuple(x.shape[-2:]), image_size)
+        dense_groups = [g for g in self.groups if g.num_queries == 0]
+        features = dense_input(mask_features, memories) if dense_groups else None
+        dense = [g.head(features) for g in dense_groups]
+        return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), tuple(x.shape[-2:]), image_size,
+                             dense)
 
     def merge(
         self,
@@ -189,16 +211,34 @@ class EclipseModel(nn.Module):
         overlap_threshold: float = 0.0,
     ) -> PanopticResult:
         """Panoptic result of image `index` of an inference, after logit manipulation with `deltas`
-        (default: the model's own)."""
-        groups = self.groups
+        (default: the model's own); then each dense step's segments are laid over it, in step order."""
         deltas = self.deltas if deltas is None else [float(d) for d in deltas]
-        logits = manipulate_logits(
-            raw.logits[index : index + 1], [g.num_queries for g in groups], [g.num_classes for g in groups], deltas
-        )[0]
+        logits = self._manipulate(raw.logits[index : index + 1], deltas)[0]
         size = output_size or raw.image_size
         masks = resize_mask_logits(raw.mask_logits[index], raw.padded_size, raw.image_size, size)
         is_thing = torch.tensor([c.is_thing for c in self.classes])
-        return panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
+        result = panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
+        dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
+        for (t, g), dense in zip(dense_groups, raw.dense_logits):
+            probs, distances = dense_maps(dense[index], raw.padded_size, raw.image_size, size)
+            held = result.confidence.cpu().numpy()
+            segments = dense_segments(probs, distances, [c.is_thing for c in g.classes], g.rule, held)
+            paint_segments(result, segments, self.class_ids(t), [c.is_thing for c in g.classes])
+        return result
+
+    def _manipulate(self, logits: torch.Tensor, deltas: list[float]) -> torch.Tensor:
+        """Logit manipulation among the query groups only, as if dense steps were not there (they make
+        no query predictions); their class columns are then set to -inf, so no query takes them."""
+        groups = self.groups
+        if all(g.num_queries for g in groups):
+            return manipulate_logits(logits, [g.num_queries for g in groups], [g.num_classes for g in groups], deltas)
+        query = [t for t, g in enumerate(groups) if g.num_queries]
+        columns = [c - 1 for t in query for c in self.class_ids(t)] + [logits.shape[-1] - 1]
+        sub = manipulate_logits(logits[..., columns], [groups[t].num_queries for t in query],
+                                [groups[t].num_classes for t in query], [deltas[t] for t in query])
+        out = torch.full_like(logits, float("-inf"))
+        out[..., columns] = sub
+        return out
 
     @torch.no_grad()
     def predict(

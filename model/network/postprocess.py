@@ -19,6 +19,7 @@ __all__ = [
     "resize_mask_logits",
     "panoptic_merge",
     "semantic_from_panoptic",
+    "paint_segments",
 ]
 
 
@@ -60,6 +61,8 @@ class PanopticResult:
 
     panoptic_seg: torch.Tensor
     segments: list[Segment] = field(default_factory=list)
+    # Per pixel, the probability (score x mask) of the query whose segment holds it; 0 where void.
+    confidence: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def semantic(self) -> torch.Tensor:
@@ -110,10 +113,10 @@ def panoptic_merge(
     cur_classes = labels[keep]
     cur_masks = mask_logits.sigmoid()[keep]
     if cur_masks.shape[0] == 0:
-        return PanopticResult(panoptic_seg, [])
+        return PanopticResult(panoptic_seg, [], torch.zeros((h, w), device=mask_logits.device))
 
     cur_prob_masks = cur_scores.view(-1, 1, 1) * cur_masks
-    cur_mask_ids = cur_prob_masks.argmax(0)
+    best_prob, cur_mask_ids = cur_prob_masks.max(0)
 
     segments: list[Segment] = []
     by_id: dict[int, Segment] = {}
@@ -147,4 +150,31 @@ def panoptic_merge(
         seg = Segment(current_id, label + 1, thing, float(cur_scores[k]), mask_area)
         segments.append(seg)
         by_id[current_id] = seg
-    return PanopticResult(panoptic_seg, segments)
+    confidence = torch.where(panoptic_seg > 0, best_prob, torch.zeros_like(best_prob))
+    return PanopticResult(panoptic_seg, segments, confidence)
+
+
+def paint_segments(result: PanopticResult, segments, class_ids: Sequence[int], is_thing: Sequence[bool]) -> None:
+    """Lays segments (with `class_index`, `mask` bool [H,W] numpy, `score`) over a panoptic result, in
+    place: their pixels leave the segments that held them (emptied segments go), new ids follow the
+    highest one. A stuff segment joins an existing segment of its class."""
+    pan = result.panoptic_seg
+    by_class = {s.category_id: s for s in result.segments if not s.is_thing}
+    next_id = max((s.id for s in result.segments), default=0) + 1
+    for seg in segments:
+        mask = torch.from_numpy(seg.mask).to(pan.device)
+        class_id, thing = int(class_ids[seg.class_index]), bool(is_thing[seg.class_index])
+        target = None if thing else by_class.get(class_id)
+        if target is None:
+            target = Segment(next_id, class_id, thing, seg.score, 0)
+            result.segments.append(target)
+            next_id += 1
+            if not thing:
+                by_class[class_id] = target
+        pan[mask] = target.id
+        if result.confidence is not None:
+            result.confidence[mask] = seg.score
+    areas = torch.bincount(pan.flatten().long(), minlength=next_id)
+    for s in result.segments:
+        s.area = int(areas[s.id])
+    result.segments[:] = [s for s in result.segments if s.area > 0]

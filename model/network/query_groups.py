@@ -1,9 +1,11 @@
-"""Query groups: the base queries (group 0) and the prompt set of each continual step (group t >= 1)."""
+"""The groups of a model: the base queries (group 0), the prompt set of each continual step (group t >= 1),
+or a dense step (no queries, a per-pixel head)."""
 
 import torch
 from torch import nn
 
 from .classes import ClassSpec
+from .dense_head import DenseHead, InstanceRule
 from .transformer_layers import MLP
 
 
@@ -48,3 +50,24 @@ class QueryGroup(nn.Module):
 
     def position(self, layer: int) -> torch.Tensor:
         return self.positions[layer if self.positions.shape[0] > 1 else 0]
+
+
+class DenseGroup(nn.Module):
+    """A continual step without queries: its classes are found per pixel by a `DenseHead` on the frozen
+    mask features (see `dense_head`). It takes part in the decoder only as class columns that never win
+    (so class ids stay the learning order), owns no no-object head, and its delta has no effect."""
+
+    num_queries = 0
+    no_object_head = None
+
+    def __init__(self, dim: int, classes: list[ClassSpec], hidden: int = 64, rule: InstanceRule | None = None):
+        super().__init__()
+        self.classes = list(classes)
+        self.head = DenseHead(dim, len(classes), hidden)
+        self.rule = rule or InstanceRule()
+        self.register_buffer("delta", torch.tensor(0.0))
+        self.previous_deltas: list[float] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

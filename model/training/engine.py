@@ -23,8 +23,10 @@ import torch.distributed as dist
 
 from ..io.atomic import atomic_write
 from ..io.tensor_files import CheckpointError, load_torch_weights_only
+from ..network.dense_head import dense_input
 from ..network.eclipse import EclipseModel
 from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
+from .dense import dense_loss, dense_targets
 from .feature_cache import FeatureCache
 from .progress import Progress, RunState
 
@@ -117,8 +119,9 @@ class Trainer:
         self.model, self.data, self.config = model, data, config
         self.device = torch.device(device)
         self.frozen_features = model.num_steps > 0
+        self.dense = model.num_steps > 0 and model.groups[-1].num_queries == 0  # a dense step: pixel losses
         self.cache = FeatureCache(config.cache_mb * 2**20 if self.frozen_features else 0)
-        self.criterion = build_criterion(model, config.loss)
+        self.criterion = None if self.dense else build_criterion(model, config.loss)
         self.optimizer = build_optimizer(model, config)
         total = config.iterations
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -150,6 +153,8 @@ class Trainer:
         """The loss dict of iteration `iteration`'s batch ("loss" is the weighted total)."""
         rank, _ = _world()
         plan = _batch_plan(self.config, len(self.data), rank, iteration)
+        if self.dense:
+            return self._dense_batch_loss(plan, iteration)
         samples = [self.data.sample(i, _augmentation_seed(self.config, i, v, iteration)) for i, v in plan]
         generator = torch.Generator(device=self.device).manual_seed(
             (self.config.seed * 7_777_777 + rank * 100_003 + iteration) % 2**63
@@ -178,6 +183,35 @@ class Trainer:
             weight = len(items) / len(samples)
             for k, v in losses.items():
                 parts[k] = parts.get(k, 0.0) + v * weight
+        return parts
+
+    def _dense_batch_loss(self, plan, iteration: int) -> dict:
+        """A dense step's loss: its head on the frozen mask features and per-pixel targets, both kept
+        per (image, augmentation variant), so a repeated variant costs no augmentation either."""
+        group = self.model.groups[-1]
+        class_ids = self.model.class_ids(self.model.num_steps)
+        is_thing = [c.is_thing for c in group.classes]
+        by_size: dict[tuple, list] = {}
+        for index, variant in plan:
+            def compute(index=index, variant=variant):
+                img, target = self.data.sample(index, _augmentation_seed(self.config, index, variant, iteration))
+                with torch.no_grad(), self._autocast():
+                    x, _ = self.model.preprocess(img[None].to(self.device))
+                    features = dense_input(*self.model.encode(x)).float()
+                size = (features.shape[-2] * 4, features.shape[-1] * 4)
+                return features, list(dense_targets(target, class_ids, size))
+
+            entry = self.cache.get((index, variant), compute) if self.config.augment_variants > 0 else compute()
+            by_size.setdefault(tuple(entry[1][0].shape), []).append(entry)
+        parts: dict = {}
+        for items in by_size.values():
+            with self._autocast():
+                logits = group.head(torch.cat([f for f, _ in items]))
+            labels = torch.stack([t[0] for _, t in items]).to(self.device)
+            distance = torch.stack([t[1] for _, t in items]).to(self.device)
+            losses = dense_loss(logits, labels, distance, is_thing)
+            for k, v in losses.items():
+                parts[k] = parts.get(k, 0.0) + v * (len(items) / len(plan))
         return parts
 
     def step(self) -> float:

@@ -1,0 +1,121 @@
+"""Dense steps: a step whose classes are found per pixel on the frozen mask features, not by queries.
+
+A fixed set of queries can find at most that many instances, and few-shot prompts learn small, many or
+touching objects poorly. A dense step owns one small convolutional head on the frozen stride-4 mask
+features instead. Per class it predicts a foreground logit and, for thing classes, a normalised
+distance to the instance boundary (1 at an instance's centre, 0 at its edge); instances are the
+watershed basins of that distance, seeded by its cores (where it exceeds `core`), so touching
+instances come apart wherever the head learned their boundary. Like a prompt step it reads only frozen
+features: every earlier step's output stays bit-identical, and removing it restores the model exactly.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InstanceRule:
+    """How per-pixel maps become segments; set from the painted examples when the step is learned."""
+
+    foreground: float = 0.5  # probability above which a pixel belongs to the class
+    core: float = 0.5  # normalised distance above which a pixel is an instance core (a seed)
+    min_area: float = 16.0  # segments smaller than this many pixels are dropped (instances and stuff)
+    # A pixel the earlier steps hold goes to this step only where its probability beats theirs (the
+    # owning query's score x mask) by this much: new knowledge overrides old only where surer.
+    override_margin: float = 0.1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "InstanceRule":
+        return InstanceRule(**{k: float(v) for k, v in data.items()})
+
+
+def dense_input(mask_features: torch.Tensor, memories: list[torch.Tensor]) -> torch.Tensor:
+    """What a dense head reads: the stride-4 mask features and the stride-8 memory (the pixel
+    decoder's finest transformer level, more semantic) brought to stride 4."""
+    finest = F.interpolate(memories[-1], size=mask_features.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([mask_features, finest], 1)
+
+
+class DenseHead(nn.Module):
+    """Dense input [B, 2D, h, w] (see `dense_input`) -> logits [B, 2C, h, w]: C foreground channels,
+    then C distance channels (a sigmoid gives the normalised distance; unused for stuff classes)."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 64):
+        super().__init__()
+        self.num_classes, self.hidden = num_classes, hidden
+        self.layers = nn.Sequential(
+            nn.Conv2d(2 * in_dim, hidden, 1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, 2 * num_classes, 1),
+        )  # fmt: skip
+        # A new head starts by predicting nothing (foreground probability ~0.02), as a focal-loss prior.
+        last = self.layers[-1]
+        nn.init.normal_(last.weight, std=0.01)
+        nn.init.constant_(last.bias, 0.0)
+        nn.init.constant_(last.bias[:num_classes], -4.0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+@dataclass
+class DenseSegment:
+    class_index: int  # 0-based within the step
+    mask: np.ndarray  # bool [H, W]
+    score: float  # mean foreground probability over the segment
+
+
+def dense_segments(probs: np.ndarray, distances: np.ndarray, is_thing: list[bool], rule: InstanceRule,
+                   held: np.ndarray | None = None) -> list[DenseSegment]:
+    """Segments from per-class foreground probabilities and distances, both [C, H, W] in 0..1; `held`
+    [H, W] is the probability with which earlier steps hold each pixel (0 where nothing does).
+
+    A pixel belongs to its most probable class when that probability exceeds `rule.foreground` and
+    `held + rule.override_margin` (where held > 0). A stuff
+    class is one segment; a thing class is split into the watershed basins of its distance map, seeded
+    by the connected cores; foreground parts without a core become one instance each.
+    """
+    from skimage.segmentation import watershed
+
+    best = probs.argmax(0)
+    claim = np.ones(best.shape, bool) if held is None else (held == 0) | (probs.max(0) > held + rule.override_margin)
+    out = []
+    for c, thing in enumerate(is_thing):
+        region = (best == c) & (probs[c] > rule.foreground) & claim
+        if not region.any():
+            continue
+        if not thing:
+            labels, n = region.astype(np.int32), 1
+        else:
+            seeds, n_seeds = ndimage.label(region & (distances[c] > rule.core))
+            labels = watershed(-distances[c], seeds, mask=region) if n_seeds else np.zeros(region.shape, np.int32)
+            rest, n_rest = ndimage.label(region & (labels == 0))  # foreground without a core
+            labels = np.where(rest > 0, rest + n_seeds, labels)
+            n = n_seeds + n_rest
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        sums = np.bincount(labels.ravel(), weights=probs[c].ravel(), minlength=n + 1)
+        for k in range(1, n + 1):
+            if areas[k] >= rule.min_area:
+                out.append(DenseSegment(c, labels == k, float(sums[k] / areas[k])))
+    return out
+
+
+def dense_maps(logits: torch.Tensor, padded_size, image_size, output_size) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [2C, h, w] at stride 4 of the padded input -> (probabilities, distances), [C, H, W] numpy
+    at `output_size` (resized like the query masks: to the padded size, cropped, then to the output)."""
+    x = F.interpolate(logits[None].float(), size=tuple(padded_size), mode="bilinear", align_corners=False)
+    x = x[:, :, : image_size[0], : image_size[1]]
+    if tuple(output_size) != tuple(image_size):
+        x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False)
+    x = x[0].sigmoid().cpu().numpy()
+    c = x.shape[0] // 2
+    return x[:c], x[c:]
