@@ -42,7 +42,8 @@ class LearnConfig:
     num_prompts: int = 10  # prompts only
     num_points: int = 3136  # prompts only: points per mask in the losses
     dense_hidden: int = 48  # dense only: channels of the head
-    augment_variants: int = 8
+    max_context: int = 4  # dense only: context images used (of those given), evenly spread
+    augment_variants: int = 4
     seed: int = 0
     augment: AugmentConfig = field(default_factory=scenes)  # light: scale, flip, mild colour jitter
 

@@ -34,21 +34,19 @@ CONTEXT_MIN_SHARE = 0.1  # a context image helps only if the model holds this sh
 class ExampleSet:
     """The engine's view of the examples: one mask per painted instance (the whole painted region for
     stuff), labelled with the class id, plus, for dense steps, known background as masks labelled 0.
-    `repeats[i]` lists example i that many times (painted images weigh more than context images)."""
+    `weights`: how often each example is drawn (painted images more than context images); None = evenly."""
 
     def __init__(self, examples: Sequence[Example], class_id: int, is_thing: bool, augment: AugmentConfig | None,
-                 with_background: bool, repeats: Sequence[int] | None = None):
+                 with_background: bool, weights: Sequence[float] | None = None):
         self.images = [to_chw_tensor(e.image).round().clamp(0, 255).to(torch.uint8) for e in examples]
         self.targets = [_target(e, class_id, is_thing, with_background) for e in examples]
         self.transform = TrainTransform(augment) if augment is not None else None
-        repeats = repeats or [1] * len(examples)
-        self.order = [i for i, n in enumerate(repeats) for _ in range(n)]
+        self.weights = None if weights is None else (np.asarray(weights, float) / np.sum(weights)).tolist()
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.images)
 
     def sample(self, index: int, augmentation_seed: int):
-        index = self.order[index]
         image, target = self.images[index], self.targets[index]
         if self.transform is not None:
             return self.transform.apply(image, target, augmentation_seed)
@@ -157,11 +155,12 @@ def learn_class(
     reference = [model.predict(e.image) for e in examples]
     colors = None if color is None else [color]
     dense = config.learner == "dense"
-    repeats = None
+    weights = None
     if dense:
+        context = _spread(context, config.max_context)
         examples, extra = old_class_negatives(examples, reference, context, [model.predict(c) for c in context])
-        # The painted examples make at least two thirds of what is drawn, however many context images.
-        repeats = [max(1, -(-2 * len(extra) // len(examples)))] * len(examples) + [1] * len(extra)
+        # The painted examples make two thirds of what is drawn, however many context images there are.
+        weights = [2 / 3 / len(examples)] * len(examples) + [1 / 3 / len(extra)] * len(extra) if extra else None
         train_examples = list(examples) + extra
         with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
             torch.manual_seed(config.seed)
@@ -171,7 +170,7 @@ def learn_class(
         model.add_step([name], [is_thing], config.num_prompts, colors)
     try:  # from here on, any failure removes the step again
         class_id = model.num_classes
-        data = ExampleSet(train_examples, class_id, is_thing, config.augment, dense, repeats)
+        data = ExampleSet(train_examples, class_id, is_thing, config.augment, dense, weights)
         train_config = TrainConfig(
             iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
             clip_norm=config.clip_norm, augment_variants=config.augment_variants,
@@ -192,6 +191,14 @@ def learn_class(
         raise
     return LearnResult(RunState.DONE, class_id, None if dense else model.deltas[-1], result.seconds, result.losses,
                        unchanged, table)
+
+
+def _spread(items: Sequence, count: int) -> list:
+    """At most `count` of `items`, evenly spread over them (in order)."""
+    items = list(items)
+    if len(items) <= count:
+        return items
+    return [items[round(k * (len(items) - 1) / max(count - 1, 1))] for k in range(count)] if count else []
 
 
 def _labelled(example: Example, class_id: int) -> LabelledImage:

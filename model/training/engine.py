@@ -32,7 +32,8 @@ from .progress import Progress, RunState
 
 
 class TrainingSet(Protocol):
-    """What the engine trains on: `sample(index, augmentation_seed)` gives (uint8 [3,H,W], target)."""
+    """What the engine trains on: `sample(index, augmentation_seed)` gives (uint8 [3,H,W], target).
+    An optional attribute `weights` (one per image, summing to 1) makes some images drawn more often."""
 
     def __len__(self) -> int: ...
 
@@ -97,9 +98,12 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _batch_plan(config: TrainConfig, num_images: int, rank: int, iteration: int) -> list[tuple[int, int]]:
+def _batch_plan(config: TrainConfig, num_images: int, rank: int, iteration: int, weights=None) -> list[tuple[int, int]]:
     rng = np.random.default_rng([config.seed, rank, iteration])
-    indices = rng.integers(0, num_images, size=config.batch_size)
+    if weights is None:
+        indices = rng.integers(0, num_images, size=config.batch_size)
+    else:
+        indices = rng.choice(num_images, size=config.batch_size, p=weights)
     variants = rng.integers(0, max(config.augment_variants, 1), size=config.batch_size)
     return [(int(i), int(v)) for i, v in zip(indices, variants)]
 
@@ -152,7 +156,7 @@ class Trainer:
     def batch_loss(self, iteration: int) -> dict:
         """The loss dict of iteration `iteration`'s batch ("loss" is the weighted total)."""
         rank, _ = _world()
-        plan = _batch_plan(self.config, len(self.data), rank, iteration)
+        plan = _batch_plan(self.config, len(self.data), rank, iteration, getattr(self.data, "weights", None))
         if self.dense:
             return self._dense_batch_loss(plan, iteration)
         samples = [self.data.sample(i, _augmentation_seed(self.config, i, v, iteration)) for i, v in plan]
