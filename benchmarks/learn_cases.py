@@ -54,13 +54,16 @@ def _instances(ids: np.ndarray, segments: list[dict], class_id: int) -> np.ndarr
 
 
 def _scenes(seed: int, class_id: int, count: int, with_class: bool, min_area: int = 600, start: int = 0):
-    """The first `count` scenes of `seed` that show the class (at least `min_area` pixels) or do not
-    show it at all; returns (image, instances of the class)."""
+    """The first `count` scenes of `seed` that show the class (at least `min_area` pixels of single
+    instances, and no crowd segment of it: a cluster of tiny ones is neither an instance to paint nor to
+    find) or do not show it at all; returns (image, instances of the class)."""
     out, index = [], start
     while len(out) < count:
         image, ids, segments = generate_scene(index, seed=seed)
-        area = sum(s["area"] for s in segments if s["category_id"] == class_id)
-        if (with_class and area >= min_area) or (not with_class and area == 0):
+        mine = [s for s in segments if s["category_id"] == class_id]
+        area = sum(s["area"] for s in mine if not s["iscrowd"])
+        crowd = any(s["iscrowd"] for s in mine)
+        if (with_class and area >= min_area and not crowd) or (not with_class and not mine):
             out.append((image, _instances(ids, segments, class_id)))
         index += 1
     return out

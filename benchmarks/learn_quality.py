@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     table = format_table(rows, args.learners)
     settings = {"split": args.split, "threads": args.threads, "iterations_scale": args.iterations_scale,
                 "learn": LearnConfig().__dict__ | {"augment": LearnConfig().augment.__dict__},
-                "published": LearnConfig.prompts().__dict__ | {"augment": LearnConfig().augment.__dict__},
+                "published": LearnConfig.prompts().__dict__ | {"augment": LearnConfig.prompts().augment.__dict__},
                 "seconds": time.perf_counter() - start}
     atomic_write_json(args.out / "results.json", {"settings": settings, "cases": records}, sort_keys=False)
     atomic_write_text(args.out / "results.txt", table + "\n")

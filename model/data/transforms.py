@@ -38,6 +38,8 @@ class AugmentParams:
     contrast_first: bool  # SSD order: contrast before saturation/hue, or after
     flip: bool
     pad: tuple[int, int] | None  # (h, w) to pad to, bottom/right
+    vertical_flip: bool = False  # after the pad
+    transpose: bool = False  # after the vertical flip; applied only where the result is square
 
 
 def short_side_size(h: int, w: int, short: int, max_size: int | None = None) -> tuple[int, int]:
@@ -94,7 +96,16 @@ def sample_params(config: AugmentConfig, size: tuple[int, int], seed: int) -> Au
     contrast_first = _coin(g, 0.5)
     flip = _coin(g, config.flip_prob)
     pad = size if config.native_canvas else config.pad_size
-    return AugmentParams(resize, crop, brightness, contrast, saturation, hue, contrast_first, flip, pad)
+    vertical_flip = transpose = False
+    if config.dihedral:
+        # Its own stream, so every other draw is the same with or without it.
+        d = torch.Generator().manual_seed(int(seed) ^ DIHEDRAL_SALT)
+        vertical_flip, transpose = _coin(d, 0.5), _coin(d, 0.5)
+    return AugmentParams(resize, crop, brightness, contrast, saturation, hue, contrast_first, flip, pad,
+                         vertical_flip, transpose)
+
+
+DIHEDRAL_SALT = 0x0D1EDA
 
 
 def augmentation_seed(base_seed: int, sample_index: int, epoch: int = 0) -> int:
@@ -138,7 +149,7 @@ def _unpack(index: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def _geometry(x: torch.Tensor, p: AugmentParams, is_mask: bool, pad_value: float) -> torch.Tensor:
-    """Resize, crop, flip and pad one tensor [C,H,W] (image: bilinear; mask: nearest-exact)."""
+    """Resize, crop, flip, pad and (dihedral) flip/transpose one tensor [C,H,W] (image: bilinear; mask: nearest-exact)."""
     if p.resize is not None and tuple(x.shape[-2:]) != p.resize:
         mode = InterpolationMode.NEAREST_EXACT if is_mask else InterpolationMode.BILINEAR
         x = F.resize(x, list(p.resize), interpolation=mode, antialias=not is_mask)
@@ -150,6 +161,10 @@ def _geometry(x: torch.Tensor, p: AugmentParams, is_mask: bool, pad_value: float
         ph, pw = p.pad[0] - x.shape[-2], p.pad[1] - x.shape[-1]
         if ph > 0 or pw > 0:
             x = F.pad(x, [0, 0, max(pw, 0), max(ph, 0)], fill=0 if is_mask else pad_value)
+    if p.vertical_flip:
+        x = F.vertical_flip(x)
+    if p.transpose and x.shape[-2] == x.shape[-1]:
+        x = x.transpose(-1, -2)
     return x
 
 

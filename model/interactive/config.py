@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.augment import AugmentConfig, scenes
+from ..data.augment import AugmentConfig, learn, scenes
 from ..training.progress import RunState
 
 
@@ -43,9 +43,13 @@ class LearnConfig:
     num_points: int = 3136  # prompts only: points per mask in the losses
     dense_hidden: int = 48  # dense only: channels of the head
     max_context: int = 4  # dense only: context images used (of those given), evenly spread
+    # Dense only, post-processing (see InstanceRule; chosen on the tuning split of learn_quality.py):
+    foreign_ceiling: float = 0.5
+    snap_iou: float = 0.5
+    min_area_fraction: float = 0.5  # thing segments below this share of the smallest painted instance go
     augment_variants: int = 4
     seed: int = 0
-    augment: AugmentConfig = field(default_factory=scenes)  # light: scale, flip, mild colour jitter
+    augment: AugmentConfig = field(default_factory=learn)  # scale, every rotation and flip, mild colour jitter
 
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
@@ -54,8 +58,9 @@ class LearnConfig:
     @staticmethod
     def prompts(**changes) -> "LearnConfig":
         """The published prompt step with the settings measured for it (benchmarks/learn_speed.py: three
-        images overfit, so PQ peaks early): 100 iterations of batch 4 at lr 3e-3, clipping at 0.01."""
-        settings = dict(learner="prompts", iterations=100, batch_size=4, lr=3e-3, clip_norm=0.01)
+        images overfit, so PQ peaks early): 100 iterations of batch 4 at lr 3e-3, clipping at 0.01, the
+        scenes' augmentation."""
+        settings = dict(learner="prompts", iterations=100, batch_size=4, lr=3e-3, clip_norm=0.01, augment=scenes())
         return LearnConfig(**(settings | changes))
 
 

@@ -87,9 +87,10 @@ def check_examples(examples: Sequence[Example]) -> None:
         raise ValueError("the annotations are empty: paint at least one instance of the new class")
 
 
-def instance_rule(examples: Sequence[Example], is_thing: bool) -> InstanceRule:
-    """Post-processing fixed from the painting alone: segments smaller than a quarter of the smallest
-    painted instance (for stuff: of a fiftieth of the median painted region) are dropped."""
+def instance_rule(examples: Sequence[Example], is_thing: bool, look_alikes: Sequence[int],
+                  config: LearnConfig) -> InstanceRule:
+    """Post-processing fixed from the painting alone: segments smaller than `min_area_fraction` of the
+    smallest painted instance (for stuff: a fiftieth of the median painted region) are dropped."""
     areas = []
     for e in examples:
         inst = np.asarray(e.instances)
@@ -97,28 +98,34 @@ def instance_rule(examples: Sequence[Example], is_thing: bool) -> InstanceRule:
             areas += [int(a) for a in np.bincount(inst.ravel())[1:] if a > 0]
         elif (inst > 0).any():
             areas.append(int((inst > 0).sum()))
-    smallest = min(areas) / 4 if is_thing else float(np.median(areas)) / 50
-    return InstanceRule(min_area=float(max(4.0, smallest)))
+    smallest = min(areas) * config.min_area_fraction if is_thing else float(np.median(areas)) / 50
+    return InstanceRule(min_area=float(max(4.0, smallest)), look_alikes=tuple(sorted(look_alikes)),
+                        foreign_ceiling=config.foreign_ceiling, snap_iou=config.snap_iou)
 
 
-def old_class_negatives(examples: Sequence[Example], references: list, context: Sequence, context_refs: list):
-    """Examples with the pixels the model already holds confidently for an old class added as known
-    background: on the unpainted pixels of partly painted examples, and on context images (unpainted
-    images, which may hold the new class too, so only such pixels count). Old classes that hold a fair
-    share of the painted instances (the new class's look-alikes) are never taken as negatives."""
+def find_look_alikes(examples: Sequence[Example], references: list) -> list[int]:
+    """Old classes the model gives at least `ABSORBING` of the painted pixels, however unsure it is
+    there (it may be sure of them on other images of the new class)."""
     painted = 0
     counts: dict[int, int] = {}
     for e, ref in zip(examples, references):
         positive = np.asarray(e.instances) > 0
-        confident = ref.confidence.numpy() >= CONFIDENT
-        classes = ref.semantic.numpy()[positive & confident]
-        for c, n in zip(*np.unique(classes, return_counts=True)):
+        classes = ref.semantic.numpy()[positive]
+        for c, n in zip(*np.unique(classes[classes > 0], return_counts=True)):
             counts[int(c)] = counts.get(int(c), 0) + int(n)
         painted += int(positive.sum())
-    look_alikes = [c for c, n in counts.items() if n >= ABSORBING * max(painted, 1)]
+    return sorted(c for c, n in counts.items() if n >= ABSORBING * max(painted, 1))
+
+
+def old_class_negatives(examples: Sequence[Example], references: list, context: Sequence, context_refs: list,
+                        look_alikes: Sequence[int]):
+    """Examples with the pixels the model already holds confidently for an old class added as known
+    background: on the unpainted pixels of partly painted examples, and on context images (unpainted
+    images, which may hold the new class too, so only such pixels count). The new class's look-alikes
+    are never taken as negatives."""
 
     def negatives(ref) -> np.ndarray:
-        return (ref.confidence.numpy() >= CONFIDENT) & ~np.isin(ref.semantic.numpy(), look_alikes)
+        return (ref.confidence.numpy() >= CONFIDENT) & ~np.isin(ref.semantic.numpy(), list(look_alikes))
 
     out = []
     for e, ref in zip(examples, references):
@@ -158,13 +165,16 @@ def learn_class(
     weights = None
     if dense:
         context = _spread(context, config.max_context)
-        examples, extra = old_class_negatives(examples, reference, context, [model.predict(c) for c in context])
+        look_alikes = find_look_alikes(examples, reference)
+        examples, extra = old_class_negatives(examples, reference, context, [model.predict(c) for c in context],
+                                              look_alikes)
         # The painted examples make two thirds of what is drawn, however many context images there are.
         weights = [2 / 3 / len(examples)] * len(examples) + [1 / 3 / len(extra)] * len(extra) if extra else None
         train_examples = list(examples) + extra
         with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
             torch.manual_seed(config.seed)
-            model.add_dense_step([name], [is_thing], colors, config.dense_hidden, instance_rule(examples, is_thing))
+            model.add_dense_step([name], [is_thing], colors, config.dense_hidden,
+                                 instance_rule(examples, is_thing, look_alikes, config))
     else:
         train_examples = list(examples)
         model.add_step([name], [is_thing], config.num_prompts, colors)

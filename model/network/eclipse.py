@@ -221,8 +221,10 @@ class EclipseModel(nn.Module):
         dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
         for (t, g), dense in zip(dense_groups, raw.dense_logits):
             probs, distances = dense_maps(dense[index], raw.padded_size, raw.image_size, size)
-            held = result.confidence.cpu().numpy()
-            segments = dense_segments(probs, distances, [c.is_thing for c in g.classes], g.rule, held)
+            held, owner = result.confidence.cpu().numpy(), result.semantic.cpu().numpy()
+            query_masks = (masks > 0).cpu().numpy() if g.rule.snap_iou > 0 else None
+            segments = dense_segments(probs, distances, [c.is_thing for c in g.classes], g.rule, held, owner,
+                                      query_masks)
             paint_segments(result, segments, self.class_ids(t), [c.is_thing for c in g.classes])
         return result
 
