@@ -262,8 +262,11 @@ class EclipseWidget(QWidget):
             self.image_choice.setCurrentText(current)
 
     def _current_plane(self, layer) -> tuple[int, ...] | None:
-        if self.all_planes.isChecked():
-            return None
+        """The plane to predict: the one shown, or None (every plane) with "all planes" checked."""
+        return None if self.all_planes.isChecked() else self._shown_plane(layer)
+
+    def _shown_plane(self, layer) -> tuple[int, ...]:
+        """Leading indices of the layer's plane the viewer shows now."""
         lead = layer.data.ndim - (3 if layer.rgb else 2)
         point = layer.world_to_data(self.viewer.dims.point)
         return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], layer.data.shape[:lead]))
@@ -425,9 +428,7 @@ class EclipseWidget(QWidget):
         for layer in self.viewer.layers:
             if not isinstance(layer, Image) or len(out) >= limit:
                 continue
-            lead = layer.data.ndim - (3 if layer.rgb else 2)
-            point = layer.world_to_data(self.viewer.dims.point)
-            index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], layer.data.shape[:lead]))
+            index = self._shown_plane(layer)
             if L.plane_key(layer.name, index) in annotated:
                 continue
             try:

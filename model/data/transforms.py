@@ -66,6 +66,9 @@ def _randint(g: torch.Generator, n: int) -> int:
     return int(torch.randint(n, (), generator=g).item())
 
 
+DIHEDRAL_SALT = 0x0D1EDA  # seeds the dihedral draws' own stream
+
+
 def sample_params(config: AugmentConfig, size: tuple[int, int], seed: int) -> AugmentParams:
     """The augmentation `seed` gives for an image of `size` (h, w): a pure function of its arguments."""
     g = torch.Generator().manual_seed(int(seed))
@@ -103,9 +106,6 @@ def sample_params(config: AugmentConfig, size: tuple[int, int], seed: int) -> Au
         vertical_flip, transpose = _coin(d, 0.5), _coin(d, 0.5)
     return AugmentParams(resize, crop, brightness, contrast, saturation, hue, contrast_first, flip, pad,
                          vertical_flip, transpose)
-
-
-DIHEDRAL_SALT = 0x0D1EDA
 
 
 def augmentation_seed(base_seed: int, sample_index: int, epoch: int = 0) -> int:

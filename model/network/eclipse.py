@@ -219,10 +219,11 @@ class EclipseModel(nn.Module):
         is_thing = torch.tensor([c.is_thing for c in self.classes])
         result = panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
         dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
+        # The query masks dense segments may snap to: the same for every dense step, so made once.
+        query_masks = (masks > 0).cpu().numpy() if any(g.rule.snap_iou > 0 for _, g in dense_groups) else None
         for (t, g), dense in zip(dense_groups, raw.dense_logits):
             probs, distances = dense_maps(dense[index], raw.padded_size, raw.image_size, size)
             held, owner = result.confidence.cpu().numpy(), result.semantic.cpu().numpy()
-            query_masks = (masks > 0).cpu().numpy() if g.rule.snap_iou > 0 else None
             segments = dense_segments(probs, distances, [c.is_thing for c in g.classes], g.rule, held, owner,
                                       query_masks)
             paint_segments(result, segments, self.class_ids(t), [c.is_thing for c in g.classes])
