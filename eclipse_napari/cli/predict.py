@@ -23,6 +23,7 @@ from model.io.model_files import load_model
 from model.io.panoptic_format import segment_areas_and_boxes, write_panoptic_json, write_panoptic_png
 from model.io.tensor_files import CheckpointError
 from model.network.eclipse import EclipseModel
+from model.network.tiled import TileConfig
 
 OVERLAY_ALPHA = 0.5
 
@@ -46,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="drop segments keeping less than this fraction of their mask (default 0)",
     )
+    p.add_argument("--tile", type=int, default=TileConfig.size,
+                   help=f"images over {TileConfig.whole_up_to // 2**20} megapixel are predicted in tiles of this many "
+                        "pixels, objects stitched across the seams (bounded memory); 0 = always whole "
+                        "(default: %(default)s)")
+    p.add_argument("--tile-overlap", type=int, default=TileConfig.overlap,
+                   help="pixels neighbouring tiles share (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the model (default: cpu)")
     return p
@@ -119,6 +126,8 @@ def _check_args(args) -> list[Path]:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.tile != 0:
+        TileConfig(size=args.tile, overlap=args.tile_overlap)  # raises a clear ValueError on bad sizes
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
     paths = [Path(p) for p in args.images]
@@ -144,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    tiles = None if args.tile == 0 else TileConfig(size=args.tile, overlap=args.tile_overlap)
     out = Path(args.out)
     try:
         (out / "panoptic").mkdir(parents=True, exist_ok=True)
@@ -157,9 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             image = load_image(path)
             start = time.perf_counter()
-            result = model.predict(
-                image, object_threshold=args.object_threshold, overlap_threshold=args.overlap_threshold
-            )
+            result = model.predict_image(image, tiles, object_threshold=args.object_threshold,
+                                         overlap_threshold=args.overlap_threshold)
             seconds = time.perf_counter() - start
             panoptic = result.panoptic_seg.cpu().numpy().astype(np.int64)
             info = segments_info(panoptic, result.segments)

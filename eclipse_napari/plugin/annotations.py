@@ -4,23 +4,42 @@ Per (new class, image layer) there is an instance layer `<class> on <image>` (la
 when the user paints "not this class", a background layer `<class> background on <image>` (any label =
 background). Each plane of the pair is stored as one annotation of the project: instances plus, if
 painted, the background mask; with background painted, Learn treats the rest of that plane as unknown.
+Planes are stored under the identity of their pixels (`plane_identity`), never under a layer name.
 """
 
 import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import layers as L
 from .image_input import to_model_plane
 from .project import Project
+from .project_files import pixel_hash
 
 INSTANCES, BACKGROUND = "annotation", "background"  # the two kinds of annotation layer
 BACKGROUND_COLOR = (0.35, 0.35, 0.4, 1.0)
+IDENTITY_PREFIX = "px-"  # image keys that name pixels (projects before keyed images by layer name)
 
 
 def _plane_indices(shape: tuple[int, ...]):
     """Leading indices of the 2-D planes of a [..., H, W] array."""
     return list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+
+
+def plane_identity(plane) -> str:
+    """What names one image plane in the project: a hash of its raw pixels (shape, dtype, values), so
+    an annotation follows its picture through renames and never lands on other pixels."""
+    array = np.ascontiguousarray(np.asarray(plane))
+    h = hashlib.blake2b(f"{array.shape}|{array.dtype.str}|".encode(), digest_size=12)
+    h.update(array.data)
+    return IDENTITY_PREFIX + h.hexdigest()
+
+
+def identities(image) -> dict[tuple, str]:
+    """Plane index -> identity, for every plane of an image layer."""
+    shape = image.data.shape[: image.data.ndim - (1 if image.rgb else 0)]
+    return {tuple(index): plane_identity(image.data[tuple(index)]) for index in _plane_indices(shape)}
 
 
 def layer_name(class_name: str, image_name: str, kind: str = INSTANCES) -> str:
@@ -30,19 +49,10 @@ def layer_name(class_name: str, image_name: str, kind: str = INSTANCES) -> str:
 def new_layer_args(image, class_name: str, is_thing: bool, kind: str = INSTANCES) -> tuple[np.ndarray, dict]:
     """(empty data, add_labels keyword arguments) of an annotation layer of `kind` for `class_name` on `image`."""
     shape = image.data.shape[: image.data.ndim - (1 if image.rgb else 0)]
-    metadata = {L.KIND_KEY: kind, L.SOURCE_KEY: image.name, L.CLASS_KEY: class_name, L.THING_KEY: is_thing}
+    metadata = {L.KIND_KEY: kind, L.SOURCE_KEY: image.name, L.CLASS_KEY: class_name, L.THING_KEY: is_thing,
+                L.IDENTITY_KEY: identities(image)}
     return np.zeros(shape, np.int32), {"name": layer_name(class_name, image.name, kind), "metadata": metadata,
                                        "scale": image.scale[: len(shape)], "translate": image.translate[: len(shape)]}
-
-
-def pair_of(layers, class_name: str, image_name: str) -> tuple:
-    """(instance layer, background layer) of a class on an image among `layers` (None where absent)."""
-    found = {INSTANCES: None, BACKGROUND: None}
-    for layer in layers:
-        meta = layer.metadata
-        if meta.get(L.KIND_KEY) in found and meta.get(L.CLASS_KEY) == class_name and meta.get(L.SOURCE_KEY) == image_name:
-            found[meta[L.KIND_KEY]] = layer
-    return found[INSTANCES], found[BACKGROUND]
 
 
 def _digest(instances: np.ndarray, background: np.ndarray | None) -> str:
@@ -52,14 +62,46 @@ def _digest(instances: np.ndarray, background: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
-def restore(layer, project: Project, saved: dict) -> int:
-    """Puts what the project holds for this layer's class and image back into it (its instances, or its
-    background for a background layer), noting it in `saved` as `save` does; returns planes restored."""
-    name, source, kind = layer.metadata[L.CLASS_KEY], layer.metadata[L.SOURCE_KEY], layer.metadata[L.KIND_KEY]
+def source_path(image) -> str | None:
+    """The file napari opened the image layer from, if any."""
+    path = getattr(getattr(image, "source", None), "path", None)
+    return None if path is None else str(path)
+
+
+@dataclass
+class Restored:
+    planes: int = 0  # planes restored
+    refused: list[str] = field(default_factory=list)  # stored images of the same name whose pixels differ
+
+    def message(self, class_name: str) -> str:
+        return (f"not restored: the project holds {class_name!r} painted on {', '.join(self.refused)}, but those "
+                "pixels differ from this image's (another picture under the same name?); the stored masks are "
+                "kept, and what you paint here is stored separately")
+
+
+def restore(layer, image, project: Project, saved: dict) -> Restored:
+    """Puts what the project holds for this layer's class on this image's pixels back into it (its
+    instances, or its background for a background layer), noting it in `saved` as `save` does. Masks
+    stored for an image of the same layer name but other pixels are refused (listed in the result);
+    those of projects keyed by layer name are taken over (re-keyed) where the pixels match."""
+    name, kind, ids = layer.metadata[L.CLASS_KEY], layer.metadata[L.KIND_KEY], layer.metadata[L.IDENTITY_KEY]
     stored = {a.image_key: a for a in project.annotations() if a.class_name == name}
-    restored = 0
-    for index in _plane_indices(layer.data.shape):
-        a = stored.get(L.plane_key(source, tuple(index)))
+    names = project.image_names()
+    out = Restored()
+    for index, identity in ids.items():
+        plane_name = L.plane_key(image.name, index)
+        a = stored.get(identity)
+        if a is None:
+            same_name = [k for k, n in names.items() if n == plane_name and k != identity and k in stored]
+            for key in same_name:
+                legacy = not key.startswith(IDENTITY_PREFIX)
+                plane = to_model_plane(image.data[index], image.rgb, image.contrast_limits)
+                if legacy and pixel_hash(plane) == pixel_hash(stored[key].image) and identity not in names:
+                    project.rekey_image(key, identity, plane_name)  # an old project: same pixels, now by identity
+                    a = stored[key]
+                    names[identity] = plane_name
+                else:
+                    out.refused.append(repr(plane_name))
         if a is None or a.instances.shape != layer.data.shape[-2:]:
             continue
         if kind == BACKGROUND:
@@ -68,20 +110,22 @@ def restore(layer, project: Project, saved: dict) -> int:
             layer.data[index] = a.background.astype(np.int32)
         else:
             layer.data[index] = a.instances
-        saved[(name, source, tuple(index))] = _digest(a.instances, a.background)
-        restored += 1
+        saved[(name, identity)] = _digest(a.instances, a.background)
+        out.planes += 1
     layer.refresh()
-    return restored
+    return out
 
 
 def save(instance_layer, background_layer, image, project: Project, saved: dict) -> None:
     """Writes the planes of a class's annotation layers on one image that changed since they were last
-    saved (`saved` maps (class, image, plane) to a hash of what the project holds; a never-saved empty
-    plane counts as saved). Either layer may be None. An emptied plane removes its stored annotation."""
+    saved (`saved` maps (class, plane identity) to a hash of what the project holds; a never-saved
+    empty plane counts as saved). Either layer may be None; `image` is the image layer they were
+    painted on (kept by the caller even if it left the viewer). An emptied plane removes its stored
+    annotation."""
     some = instance_layer if instance_layer is not None else background_layer
-    source, name = some.metadata[L.SOURCE_KEY], some.metadata[L.CLASS_KEY]
-    for index in _plane_indices(some.data.shape):
-        key = (name, source, tuple(index))
+    name, ids = some.metadata[L.CLASS_KEY], some.metadata[L.IDENTITY_KEY]
+    for index, identity in ids.items():
+        key = (name, identity)
         plane_shape = some.data.shape[-2:]
         instances = (np.zeros(plane_shape, np.int32) if instance_layer is None
                      else np.asarray(instance_layer.data[tuple(index)]).astype(np.int32))
@@ -91,7 +135,8 @@ def save(instance_layer, background_layer, image, project: Project, saved: dict)
         if saved.get(key) == digest or (key not in saved and nothing):
             continue
         plane = to_model_plane(image.data[tuple(index)], image.rgb, image.contrast_limits)
-        project.save_annotation(L.plane_key(source, tuple(index)), plane, instances, name, background)
+        project.save_annotation(identity, plane, instances, name, background,
+                                name=L.plane_key(image.name, tuple(index)), source=source_path(image))
         saved[key] = digest
 
 

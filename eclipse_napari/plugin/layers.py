@@ -18,6 +18,7 @@ KIND_KEY = "eclipse_napari"  # "panoptic" | "semantic" | "annotation" | "backgro
 SOURCE_KEY = "eclipse_image"  # name of the image layer it belongs to
 CLASS_KEY = "eclipse_class"  # annotation layers: the class being taught
 THING_KEY = "eclipse_is_thing"
+IDENTITY_KEY = "eclipse_identity"  # annotation layers: plane index -> identity of the image's pixels there
 
 
 def _rgba(color, alpha: float = 1.0) -> tuple[float, float, float, float]:

@@ -8,13 +8,17 @@ closed viewer never leaves a half-written file. Layout of a project folder `root
       {"version": 1,
        "categories": [{"id": 1, "name": "cell", "isthing": 1, "color": [r, g, b]}, ...],
        "images": [{"id": 1, "key": "<image key>", "file": "images/<stem>.png", "width": W, "height": H,
-                   "sha256": "<hash of the pixels>"}, ...],
+                   "sha256": "<hash of the pixels>",
+                   "name": "<layer name [plane]>", "source": "<file it came from>"}, ...],  # both optional
        "annotations": [{"image": "<image key>", "class": "<class name>",
                         "file": "masks/<class dir>/<stem>.png",
                         "background": "masks/<class dir>/<stem>.background.png"}, ...]}  # optional
 
   Category ids are 1-based and project-local, in order of first use. Annotations are listed in save
-  order (the last saved is last); image keys and class names are stored verbatim here only.
+  order (the last saved is last); image keys and class names are stored verbatim here only. The plugin
+  keys an image by the identity of its pixels (`annotations.plane_identity`), not by its layer name, so
+  annotations follow renames and never land on another picture; "name" and "source" are what the
+  user saw (layer name, file path) when it was last saved.
 - ``images/<stem>.png``: the image, uint8 grey (L) or RGB; rewritten only when its pixels change.
 - ``masks/<class dir>/<stem>.png``: one class's instance labels on one image, a lossless 16-bit grey
   PNG (0 = unlabelled, k > 0 = instance k). This is what `Project.annotations()` reads back.
@@ -78,6 +82,7 @@ class Annotation:
     image: np.ndarray  # uint8 [H, W] or [H, W, 3]
     instances: np.ndarray  # int32 [H, W]; 0 = unlabelled, k > 0 = instance k
     background: np.ndarray | None = None  # bool [H, W]: painted "not this class"; None = none painted
+    image_name: str | None = None  # the layer name (and plane) it was last saved from, if recorded
 
 
 class Project:
@@ -125,9 +130,11 @@ class Project:
         return cid
 
     def save_annotation(self, image_key: str, image: np.ndarray, instances: np.ndarray, class_name: str,
-                        background: np.ndarray | None = None) -> None:
+                        background: np.ndarray | None = None, *, name: str | None = None,
+                        source: str | None = None) -> None:
         """Store `instances` of `class_name` on `image`, with the painted background ("not this class")
-        if any; nothing painted at all removes the entry instead."""
+        if any; nothing painted at all removes the entry instead. `name`, `source`: what the user calls
+        the image (layer name, file), recorded with it."""
         check_name(image_key, "image key")
         check_name(class_name, "class name")
         if self._category(class_name) is None:
@@ -162,10 +169,14 @@ class Project:
             }
             images.append(info)
         stem = Path(info["file"]).stem
+        labels = {k: v for k, v in (("name", name), ("source", source)) if v is not None}
         if info.get("sha256") != digest or not (self.root / info["file"]).is_file():
-            new_info = {**info, "width": int(image.shape[1]), "height": int(image.shape[0]), "sha256": digest}
+            new_info = {**info, "width": int(image.shape[1]), "height": int(image.shape[0]), "sha256": digest,
+                        **labels}
             images = [new_info if i is info else i for i in images]
             write_png(self.root / info["file"], image)
+        elif any(info.get(k) != v for k, v in labels.items()):
+            images = [{**info, **labels} if i is info else i for i in images]
 
         mask_file = entry["file"] if entry else f"masks/{self._class_dir(class_name)}/{stem}.png"
         write_png(self.root / mask_file, instances.astype("<u2"))
@@ -202,6 +213,25 @@ class Project:
         if orphan is not None:
             unlink(self.root / orphan["file"])
             unlink(self.root / "panoptic" / f"{Path(orphan['file']).stem}.png")
+
+    def rekey_image(self, old_key: str, new_key: str, name: str | None = None) -> None:
+        """Gives a stored image (and its annotations) another key, e.g. its pixel identity instead of
+        the layer name projects were keyed by before; refused if `new_key` is taken."""
+        check_name(new_key, "image key")
+        info = self._image_info(old_key)
+        if info is None:
+            raise ProjectError(f"no image {old_key!r} in this project")
+        if self._image_info(new_key) is not None:
+            raise ProjectError(f"image key {new_key!r} is already used")
+        new_info = {**info, "key": new_key, **({"name": name} if name is not None else {})}
+        images = [new_info if i is info else i for i in self._images]
+        entries = [{**e, "image": new_key} if e["image"] == old_key else e for e in self._entries]
+        self._export_cache = None
+        self._commit(self._categories, images, entries)
+
+    def image_names(self) -> dict[str, str]:
+        """Image key -> the name recorded with it (the layer name; for old projects the key itself)."""
+        return {i["key"]: i.get("name", i["key"]) for i in self._images}
 
     def annotations(self) -> list[Annotation]:
         """Everything stored, read back from disk, sorted by (image_key, class_name)."""
@@ -275,7 +305,7 @@ class Project:
                 background = read_png(self.root / e["background"], np.uint8) > 0
                 if background.shape != instances.shape:
                     raise ProjectError(f"{self.root / e['background']}: mask is {background.shape}, not {instances.shape}")
-            out.append(Annotation(key, e["class"], image.copy(), instances, background))
+            out.append(Annotation(key, e["class"], image.copy(), instances, background, info.get("name")))
         return out
 
     # ------------------------------------------------------------------ exports

@@ -171,7 +171,11 @@ def parse_index(data: Any) -> tuple[list[dict], list[dict], list[dict]]:
         if not isinstance(im.get("sha256"), str):
             raise ProjectError(f"{what}: sha256 must be a string")
         check_rel_path(im.get("file"), "images", what)
-        images.append({k: im[k] for k in ("id", "key", "file", "width", "height", "sha256")})
+        for field in ("name", "source"):  # optional: what the user called the image
+            if field in im and not isinstance(im[field], str):
+                raise ProjectError(f"{what}: {field} must be a string, got {im[field]!r}")
+        images.append({k: im[k] for k in ("id", "key", "file", "width", "height", "sha256", "name", "source")
+                       if k in im})
     for field in ("id", "key", "file"):
         values = [im[field] for im in images]
         if len(set(values)) != len(values):

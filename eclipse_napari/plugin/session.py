@@ -20,6 +20,7 @@ from model.interactive.config import Example, LearnConfig, LearnResult
 from model.interactive.learn import learn_class
 from model.io.model_files import load_model, load_step, save_model, save_step
 from model.network.eclipse import EclipseModel
+from model.network.tiled import TileConfig
 from model.training.progress import Progress, RunState
 
 from ..resources import shipped_base_path
@@ -36,6 +37,18 @@ class Prediction:
     panoptic: np.ndarray  # int32 [H,W]: 0 = no segment, else a segment id (1..N)
     semantic: np.ndarray  # int32 [H,W]: 0 = no class, else the class id
     segments: list  # model.network.postprocess.Segment, in id order
+
+
+@dataclass(frozen=True)
+class PredictProgress:
+    plane: int  # 1-based, of `planes`
+    planes: int
+    tile: int  # tiles of this plane done (1-based), of `tiles` (1 when predicted whole)
+    tiles: int
+
+    @property
+    def fraction(self) -> float:
+        return ((self.plane - 1) + self.tile / self.tiles) / self.planes
 
 
 @dataclass(frozen=True)
@@ -79,16 +92,21 @@ class Session:
             self._lock.release()
 
     # ----------------------------------------------------------------- predicting
-    def predict(self, planes: list[np.ndarray], cancel: Callable[[], bool] | None = None) -> list[Prediction]:
-        """Predictions for 2-D planes (grey [H,W] or RGB [H,W,3], values 0..255); stops early when
-        `cancel()` turns true (the planes done so far are returned)."""
+    def predict(self, planes: list[np.ndarray], cancel: Callable[[], bool] | None = None,
+                progress: Callable[[PredictProgress], None] | None = None,
+                tiles: TileConfig | None = TileConfig()) -> list[Prediction]:
+        """Predictions for 2-D planes (grey [H,W] or RGB [H,W,3], values 0..255), large planes tile by
+        tile (`tiles`; None = always whole); `progress` after every tile; stops within one tile when
+        `cancel()` turns true (the planes finished so far are returned)."""
         with self._exclusive("predict"):
             out = []
             with torch.inference_mode():
-                for plane in planes:
-                    if cancel is not None and cancel():
+                for n, plane in enumerate(planes):
+                    report = None if progress is None else (
+                        lambda done, total, n=n: progress(PredictProgress(n + 1, len(planes), done, total)))
+                    result = self.model.predict_image(plane, tiles, report, cancel)
+                    if result is None:  # cancelled
                         break
-                    result = self.model.predict(plane)
                     panoptic = result.panoptic_seg.cpu().numpy().astype(np.int32)
                     out.append(Prediction(panoptic, result.semantic.cpu().numpy().astype(np.int32),
                                           list(result.segments)))

@@ -35,6 +35,7 @@ from . import annotations
 from . import layers as L
 from .image_input import LayerInputError, planes_of
 from .legend import Legend
+from .painting import Painting
 from .project import Project, ProjectError
 from .qt_helpers import box, button, row
 
@@ -68,13 +69,15 @@ class EclipseWidget(QWidget):
         # and a running Learn is cancelled, which removes its unfinished step.
         self._alive = [True]
         self.destroyed.connect(lambda *_, alive=self._alive, cancel=self._cancel: (alive.clear(), cancel.set()))
-        self._dirty_layers: set[str] = set()
-        self._saved_planes: dict = {}  # (layer, plane) -> hash of what the project holds: strokes save one plane
+        self.painting: Painting | None = None  # annotation layers <-> their images <-> the project
         self._save_timer = QTimer(self, singleShot=True, interval=300, timeout=self.flush_annotations)
+        self._names: dict[int, str] = {}  # id(layer) -> its name, to follow renames
         self._build()
         self._set_project(Path(project_folder) if project_folder else default_project_folder())
-        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
-        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        for layer in self.viewer.layers:
+            self._watch_name(layer)
         self._refresh_layer_choices()
         self.threads.setValue(threads or max(1, (os.cpu_count() or 2) - 1))  # one core stays with the GUI
         self._start(self._load_session, model_folder, on_done=self._on_loaded, state=State.LOADING)
@@ -198,7 +201,11 @@ class EclipseWidget(QWidget):
     def _set_project(self, folder: Path) -> None:
         try:
             self.project = Project(folder)
-            self._saved_planes.clear()  # the hashes describe the previous project's files
+            if self.painting is None:
+                self.painting = Painting(self.project)
+            else:
+                self.flush_annotations()  # what was painted goes into the project it was painted for
+                self.painting.use_project(self.project)
         except (ProjectError, OSError) as exc:
             self._notify(f"cannot use {folder} as project folder: {exc}", "error")
             return
@@ -251,6 +258,45 @@ class EclipseWidget(QWidget):
             raise LayerInputError("choose an image layer to segment (open an image or File > Open Sample)")
         return self.viewer.layers[name]
 
+    def _watch_name(self, layer) -> None:
+        self._names[id(layer)] = layer.name
+        layer.events.name.connect(lambda event, layer=layer: self._on_layer_renamed(layer))
+
+    def _on_layer_inserted(self, event) -> None:
+        self._watch_name(event.value)
+        self._refresh_layer_choices()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        self._names.pop(id(layer), None)
+        if self.painting is not None and layer.metadata.get(L.KIND_KEY) in (annotations.INSTANCES,
+                                                                           annotations.BACKGROUND):
+            for error in self.painting.forget(layer):  # its last strokes are saved, then it is forgotten
+                self._notify(error, "error")
+        self._refresh_layer_choices()
+
+    def _on_layer_renamed(self, layer) -> None:
+        """An image layer renamed: its prediction and annotation layers follow, and the chooser keeps it."""
+        old, new = self._names.get(id(layer)), layer.name
+        self._names[id(layer)] = new
+        if old is None or old == new:
+            return
+        for other in list(self.viewer.layers):
+            meta = other.metadata
+            if other is layer or meta.get(L.SOURCE_KEY) != old:
+                continue
+            meta[L.SOURCE_KEY] = new
+            kind = meta.get(L.KIND_KEY)
+            if kind in ("panoptic", "semantic") and other.name == f"{old} {kind}":
+                other.name = f"{new} {kind}"
+            elif kind in (annotations.INSTANCES, annotations.BACKGROUND):
+                if other.name == annotations.layer_name(meta[L.CLASS_KEY], old, kind):
+                    other.name = annotations.layer_name(meta[L.CLASS_KEY], new, kind)
+        selected = self.image_choice.currentText()
+        self._refresh_layer_choices()
+        if selected == old:
+            self.image_choice.setCurrentText(new)
+
     def _refresh_layer_choices(self, *_) -> None:
         from napari.layers import Image
 
@@ -285,13 +331,38 @@ class EclipseWidget(QWidget):
         plane_shape = planes[0][1].shape[:2]
         indices = [index for index, _ in planes]
 
+        threads = self.threads.value()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress_label.setText("")
+
         def run():
-            return self.session.predict([p for _, p in planes], cancel=self._aborted)
+            import torch
+
+            torch.set_num_threads(threads)
+            return self.session.predict([p for _, p in planes], cancel=self._aborted,
+                                        progress=self._on_predict_progress)
 
         self._start(run, on_done=lambda preds: self._show_predictions(layer, lead, plane_shape, indices, preds),
                     state=State.PREDICTING)
 
+    @ensure_main_thread
+    def _on_predict_progress(self, p) -> None:
+        if not self._alive:
+            return
+        self.progress.setValue(round(1000 * p.fraction))
+        where = f"plane {p.plane}/{p.planes}" if p.planes > 1 else ""
+        if p.tiles > 1:
+            where += (" · " if where else "") + f"tile {p.tile}/{p.tiles}"
+        self.progress_label.setText(f"predicted {where}" if where else "")
+
     def _show_predictions(self, image_layer, lead, plane_shape, indices, predictions) -> None:
+        if len(predictions) < len(indices):  # cancelled: show the planes finished, say so
+            text = (f"cancelled after {len(predictions)} of {len(indices)} planes" if predictions
+                    else "cancelled: nothing was predicted")
+            self.progress_label.setText(text)
+            if not predictions:
+                return self._notify(f"Prediction of {image_layer.name} {text}")
         classes = self.session.classes
         panoptic, semantic = L.stack_predictions(list(zip(indices, predictions)), lead, plane_shape, classes)
         meta = {L.SOURCE_KEY: image_layer.name}
@@ -310,6 +381,8 @@ class EclipseWidget(QWidget):
         counts = L.class_pixel_counts(semantic["data"], len(classes))
         self.legend.set_classes(classes, counts)
         found = sum(len(p.segments) for p in predictions)
+        if len(predictions) == len(indices):
+            self.progress_label.setText("")
         self._notify(f"{image_layer.name}: {found} segments in {len(predictions)} plane(s)")
 
     def _show_semantic(self, semantic: bool) -> None:
@@ -337,18 +410,19 @@ class EclipseWidget(QWidget):
             self.project.ensure_category(name, is_thing, _next_class_color(self.session))
         except (ValueError, LayerInputError) as exc:
             return self._notify(str(exc), "error")
-        data, kwargs = annotations.new_layer_args(image, name, is_thing, kind)
-        if kwargs["name"] in self.viewer.layers:
-            layer = self.viewer.layers[kwargs["name"]]
-        else:
+        layer = self.painting.layer_for(name, image, kind)
+        if layer is None or layer not in self.viewer.layers:
+            data, kwargs = annotations.new_layer_args(image, name, is_thing, kind)
             if kind == annotations.BACKGROUND:  # one grey label: "not this class"
                 kwargs["colormap"] = _colormap({None: L.TRANSPARENT, 0: L.TRANSPARENT, 1: annotations.BACKGROUND_COLOR})
                 kwargs["opacity"] = 0.6
             layer = self.viewer.add_labels(data, **kwargs)
-            annotations.restore(layer, self.project, self._saved_planes)
+            restored = self.painting.track(layer, image)
+            if restored.refused:
+                self._notify(restored.message(name), "warning")
             layer.brush_size = 8 if kind == annotations.INSTANCES else 16
             for event in (layer.events.paint, layer.events.data):
-                event.connect(lambda *_, n=layer.name: self._annotation_changed(n))
+                event.connect(lambda *_, layer=layer: self._annotation_changed(layer))
         if kind == annotations.BACKGROUND:
             layer.selected_label = 1
         layer.mode = "paint"
@@ -360,27 +434,16 @@ class EclipseWidget(QWidget):
         """The background ("not this class") layer of the selected image, in paint mode."""
         return self.add_annotation_layer(annotations.BACKGROUND)
 
-    def _annotation_changed(self, layer_name: str) -> None:
-        self._dirty_layers.add(layer_name)
+    def _annotation_changed(self, layer) -> None:
+        self.painting.changed(layer)
         self._save_timer.start()
 
     def flush_annotations(self) -> None:
         """Writes changed annotation layers into the project (runs 0.3 s after the last stroke)."""
-        pairs = set()
-        for name in sorted(self._dirty_layers):
-            layer = self.viewer.layers[name] if name in self.viewer.layers else None  # removed meanwhile?
-            if layer is not None:
-                pairs.add((layer.metadata[L.CLASS_KEY], layer.metadata[L.SOURCE_KEY]))
-        for class_name, source in sorted(pairs):
-            if source not in self.viewer.layers:
-                continue
-            instance_layer, background_layer = annotations.pair_of(self.viewer.layers, class_name, source)
-            try:
-                annotations.save(instance_layer, background_layer, self.viewer.layers[source], self.project,
-                                 self._saved_planes)
-            except (ProjectError, ValueError, OSError) as exc:
-                self._notify(f"could not save the annotations of {class_name!r} on {source!r}: {exc}", "error")
-        self._dirty_layers.clear()
+        if self.painting is None:
+            return
+        for error in self.painting.flush():
+            self._notify(error, "error")
         self._update_teach_info()
 
     def _update_teach_info(self) -> None:
@@ -429,7 +492,7 @@ class EclipseWidget(QWidget):
             if not isinstance(layer, Image) or len(out) >= limit:
                 continue
             index = self._shown_plane(layer)
-            if L.plane_key(layer.name, index) in annotated:
+            if annotations.plane_identity(layer.data[index]) in annotated:
                 continue
             try:
                 out += [plane for _, plane in planes_of(layer.data, layer.rgb, index, layer.contrast_limits)]

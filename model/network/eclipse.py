@@ -14,6 +14,7 @@ from .dense_head import InstanceRule, dense_input, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
 from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits
 from .query_groups import DenseGroup, QueryGroup
+from .tiled import TileConfig, image_size, predict_tiled
 
 # Deltas used when a step is added and none is given: the published ADE values (base 0.4, steps 0.5).
 DEFAULT_BASE_DELTA = 0.4
@@ -254,6 +255,25 @@ class EclipseModel(nn.Module):
         """Panoptic segmentation of one image: numpy or tensor, [H,W] grey, [H,W,3|4] or [3,H,W]."""
         raw = self.infer(to_chw_tensor(image)[None])
         return self.merge(raw, 0, None, output_size, object_threshold, overlap_threshold)
+
+    @torch.no_grad()
+    def predict_image(self, image, tiles: TileConfig | None = TileConfig(), progress=None, cancel=None,
+                      object_threshold: float = 0.0, overlap_threshold: float = 0.0) -> PanopticResult | None:
+        """`predict` at the image's own size, tile by tile where the image is large (see `tiled`), so
+        memory stays bounded; `progress(done, total)` after each tile (or the one pass); None when
+        `cancel()` turned true before a tile."""
+        def one(x):
+            return self.predict(x, object_threshold=object_threshold, overlap_threshold=overlap_threshold)
+
+        height, width = image_size(image)
+        if tiles is not None and tiles.tiles_needed(height, width):
+            return predict_tiled(one, image, tiles, progress, cancel)
+        if cancel is not None and cancel():
+            return None
+        result = one(image)
+        if progress is not None:
+            progress(1, 1)
+        return result
 
 
 def to_chw_tensor(image) -> torch.Tensor:
