@@ -378,3 +378,35 @@ def test_step_files_record_the_deltas_in_effect_after_their_step(tmp_path):
     loaded.remove_last_step()
     assert model.deltas == pytest.approx([0.4, 0.5])
     assert loaded.deltas == pytest.approx(model.deltas)
+
+
+def test_save_model_changes_the_folder_in_one_go(tmp_path, monkeypatch):
+    """After an undo no stale step file is left; a failure while saving leaves the old model intact;
+    files of the user's in the folder are kept."""
+    import model.io.model_files as files
+
+    model = _base()
+    _add_trained_step(model, 1, seed=1)
+    _add_trained_step(model, 2, seed=2)
+    folder = save_model(model, tmp_path / "m")
+    (folder / "notes.txt").write_text("mine")
+    assert sorted(p.name for p in folder.iterdir()) == ["base.safetensors", "model.json", "notes.txt",
+                                                        "step_001.safetensors", "step_002.safetensors"]
+    model.remove_last_step()
+    save_model(model, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["base.safetensors", "model.json", "notes.txt",
+                                                        "step_001.safetensors"]
+    expected = _state(load_model(folder))
+    _add_trained_step(model, 2, seed=3)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files, "save_step", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, folder)
+    monkeypatch.undo()
+    again = load_model(folder)
+    assert again.num_steps == 1 and _state(again).keys() == expected.keys()
+    assert all(torch.equal(_state(again)[k], v) for k, v in expected.items())
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary folder left

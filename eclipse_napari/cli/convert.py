@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +25,6 @@ from model.io.official_checkpoint import PR, convert_official, load_official_sta
 from model.io.tensor_files import CheckpointError
 from model.network.eclipse import EclipseModel
 
-_STEP_FILE = re.compile(r"step_\d{3}\.safetensors")
 _NO_OBJECT = PR + "class_embed.cls.0."
 _PROMPTS = PR + "prompt_feat."
 
@@ -147,30 +143,10 @@ def summary(model: EclipseModel, checkpoint, out: Path, files: list[str]) -> str
 
 
 def write_model_folder(model: EclipseModel, out: Path, force: bool = False) -> list[str]:
-    """Saves into a temporary sibling folder, then moves it into place: no half-written model folder."""
-    files = [BASE_FILE] + [step_file_name(t) for t in range(1, model.num_steps + 1)] + [MANIFEST_FILE]
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    try:
-        save_model(model, tmp)
-        check_output_folder(out, force)  # again: the folder may have appeared while converting
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        if not out.exists():
-            os.rename(tmp, out)
-            return files
-        # --force into a non-empty folder: move our files in, the manifest last (it commits the model).
-        was_model = (out / MANIFEST_FILE).is_file()
-        for name in files:
-            os.replace(tmp / name, out / name)
-        if was_model:
-            for stale in out.iterdir():
-                if _STEP_FILE.fullmatch(stale.name) and stale.name not in files:
-                    stale.unlink()
-        return files
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Saves the model folder in one change (`save_model` writes a temporary folder, then moves it in)."""
+    check_output_folder(out, force)  # again: the folder may have appeared while converting
+    save_model(model, out)
+    return [BASE_FILE] + [step_file_name(t) for t in range(1, model.num_steps + 1)] + [MANIFEST_FILE]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,9 +15,13 @@ class Legend(QTableWidget):
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.Stretch)
         self.setMinimumHeight(170)
+        self.source = None  # the image whose prediction the pixel shares describe
 
-    def set_classes(self, classes, pixel_counts=None) -> None:
-        """One row per class; with counts (index = class id) the classes present come first."""
+    def set_classes(self, classes, pixel_counts=None, source: str | None = None) -> None:
+        """One row per class; with counts (index = class id, from the prediction of image `source`) the
+        classes present come first."""
+        self.source = source if pixel_counts is not None else None
+        self.setToolTip(f"pixels: shares in the prediction of {source}" if self.source else "")
         rows = list(enumerate(classes, start=1))
         total = None
         if pixel_counts is not None:

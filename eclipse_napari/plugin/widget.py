@@ -72,12 +72,14 @@ class EclipseWidget(QWidget):
         self.painting: Painting | None = None  # annotation layers <-> their images <-> the project
         self._save_timer = QTimer(self, singleShot=True, interval=300, timeout=self.flush_annotations)
         self._names: dict[int, str] = {}  # id(layer) -> its name, to follow renames
+        self._repredict_queue: list[str] = []  # image layers whose predictions still need a refresh
         self._build()
         self._set_project(Path(project_folder) if project_folder else default_project_folder())
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         for layer in self.viewer.layers:
             self._watch_name(layer)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layer_choices()
         self.threads.setValue(threads or max(1, (os.cpu_count() or 2) - 1))  # one core stays with the GUI
         self._start(self._load_session, model_folder, on_done=self._on_loaded, state=State.LOADING)
@@ -143,6 +145,7 @@ class EclipseWidget(QWidget):
         for b in (self.predict_button, self.learn_button, self.undo_button, self.export_button,
                   self.import_button, self.save_button, self.load_button):
             b.setEnabled(ready)
+        self.load_button.setEnabled(ready or self.state == State.FAILED)  # the way out of a failed load
         self.annotate_button.setEnabled(self.state != State.LOADING)
         self.background_button.setEnabled(self.state != State.LOADING)
         self.cancel_button.setEnabled(self.state in (State.LEARNING, State.PREDICTING))
@@ -190,6 +193,7 @@ class EclipseWidget(QWidget):
             label = "base" if info.step == 0 else f"step {info.step}"
             kind = "dense" if info.dense else f"δ={info.delta:g}"
             self.steps.addItem(f"{label}: {names}   {kind}")
+        self.steps.setCurrentRow(self.steps.count() - 1)  # shown: the newest step is what Undo and Export act on
         self.legend.set_classes(model.classes)
         self._update_buttons()
 
@@ -218,7 +222,9 @@ class EclipseWidget(QWidget):
     # ================================================================= workers
     def _start(self, function, *args, on_done, state: State, **kwargs):
         """Runs `function` in a napari thread worker; the returned value goes to `on_done`."""
-        worker = create_worker(function, *args, _start_thread=False, **kwargs)
+        # Errors go to our handler only: without _ignore_errors the worker also re-raises them in the Qt
+        # loop, a second message with a traceback.
+        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         worker.returned.connect(self._if_alive(on_done))
         worker.errored.connect(self._if_alive(self._on_error))
         worker.finished.connect(self._if_alive(self._on_finished))
@@ -233,14 +239,18 @@ class EclipseWidget(QWidget):
         return lambda *args: handler(*args) if alive else None
 
     def _on_error(self, exc: Exception) -> None:
-        self._notify(f"{type(exc).__name__}: {exc}", "error")
-        if self.session is None:
+        if self.session is None:  # the model did not load: one message, and Load model… stays the way out
             self._set_state(State.FAILED)
+            return self._notify(f"could not load the model: {exc}. Choose a model folder with 'Load model…'",
+                                "error")
+        self._notify(f"{type(exc).__name__}: {exc}", "error")
 
     def _on_finished(self) -> None:
         self._worker = None
         if self.state in (State.PREDICTING, State.LEARNING) or (self.state == State.LOADING and self.session):
             self._set_state(State.READY)
+        if self._repredict_queue and self.state == State.READY:
+            QTimer.singleShot(0, self._predict_next)
 
     def _aborted(self) -> bool:
         return self._cancel.is_set() or (self._worker is not None and self._worker.abort_requested)
@@ -257,6 +267,18 @@ class EclipseWidget(QWidget):
         if not name or name not in self.viewer.layers:
             raise LayerInputError("choose an image layer to segment (open an image or File > Open Sample)")
         return self.viewer.layers[name]
+
+    def _on_active_layer(self, *_) -> None:
+        """The legend follows the prediction (or the image) selected in the layer list."""
+        layer = self.viewer.layers.selection.active
+        if layer is None or self.session is None:
+            return
+        source = layer.metadata.get(L.SOURCE_KEY) if layer.metadata.get(L.KIND_KEY) else layer.name
+        semantic = next((x for x in self.viewer.layers if x.metadata.get(L.KIND_KEY) == "semantic"
+                         and x.metadata.get(L.SOURCE_KEY) == source), None)
+        if semantic is not None and source != self.legend.source:
+            classes = self.session.classes
+            self.legend.set_classes(classes, L.class_pixel_counts(np.asarray(semantic.data), len(classes)), source)
 
     def _watch_name(self, layer) -> None:
         self._names[id(layer)] = layer.name
@@ -318,12 +340,19 @@ class EclipseWidget(QWidget):
         return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], layer.data.shape[:lead]))
 
     def predict(self, layer_name: str | None = None) -> None:
+        """Predicts the chosen image layer (or `layer_name`, which becomes the chosen one)."""
+        if layer_name is not None:
+            self.image_choice.setCurrentText(layer_name)
+        try:
+            layer = self._image_layer()
+        except LayerInputError as exc:
+            return self._notify(str(exc), "error")
+        self._predict_layer(layer)
+
+    def _predict_layer(self, layer) -> None:
         if self.state != State.READY:
             return self._notify(f"cannot predict while {self.state.value}", "warning")
         try:
-            if layer_name is not None:
-                self.image_choice.setCurrentText(layer_name)
-            layer = self._image_layer()
             planes = planes_of(layer.data, layer.rgb, self._current_plane(layer), layer.contrast_limits)
         except LayerInputError as exc:
             return self._notify(str(exc), "error")
@@ -378,8 +407,7 @@ class EclipseWidget(QWidget):
                                        opacity=0.55, visible=visible, metadata={**meta, L.KIND_KEY: kind},
                                        scale=image_layer.scale[: len(lead) + 2],
                                        translate=image_layer.translate[: len(lead) + 2])
-        counts = L.class_pixel_counts(semantic["data"], len(classes))
-        self.legend.set_classes(classes, counts)
+        self.legend.set_classes(classes, L.class_pixel_counts(semantic["data"], len(classes)), image_layer.name)
         found = sum(len(p.segments) for p in predictions)
         if len(predictions) == len(indices):
             self.progress_label.setText("")
@@ -407,7 +435,8 @@ class EclipseWidget(QWidget):
         try:
             name, is_thing = self._new_class()
             image = self._image_layer()
-            self.project.ensure_category(name, is_thing, _next_class_color(self.session))
+            known = name in {c["name"] for c in self.project.categories}  # a known class keeps its colour
+            self.project.ensure_category(name, is_thing, None if known else _next_class_color(self.session, self.project))
         except (ValueError, LayerInputError) as exc:
             return self._notify(str(exc), "error")
         layer = self.painting.layer_for(name, image, kind)
@@ -463,8 +492,9 @@ class EclipseWidget(QWidget):
             if not any(a.instances.any() for a in stored):
                 raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
             context = self._context_planes({a.image_key for a in stored})
-            kinds = {c["name"]: bool(c["isthing"]) for c in self.project.categories}
-            is_thing = kinds.get(name, is_thing)
+            category = {c["name"]: c for c in self.project.categories}.get(name)
+            is_thing = bool(category["isthing"]) if category else is_thing
+            color = tuple(category["color"]) if category else None
         except (ValueError, ProjectError) as exc:
             return self._notify(str(exc), "error")
         config = LearnConfig(iterations=self.iterations.value())
@@ -477,7 +507,7 @@ class EclipseWidget(QWidget):
             import torch
 
             torch.set_num_threads(threads)
-            return self.session.learn(name, is_thing, examples, config, callback=self._on_progress,
+            return self.session.learn(name, is_thing, examples, config, color=color, callback=self._on_progress,
                                       cancel=self._aborted, save_to=self._model_folder, context=context)
 
         self._start(run, on_done=self._on_learned, state=State.LEARNING)
@@ -515,21 +545,24 @@ class EclipseWidget(QWidget):
             self._notify("Learning cancelled; the model is unchanged")
         else:
             name = self.session.classes[result.class_id - 1].name
-            unchanged = "" if result.old_pixels_unchanged is None else (
-                f"; old classes unchanged on {100 * result.old_pixels_unchanged:.1f}% of the annotated images' "
-                "pixels outside the new class")
             how = "a dense step" if result.delta is None else f"δ = {result.delta:g}"
-            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s ({how}){unchanged}.")
+            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s ({how}).{_report(result)}")
             self._notify(f"Learned {name!r} in {result.seconds:.0f} s")
         self._refresh_model()
         QTimer.singleShot(0, self._repredict)
 
     def _repredict(self) -> None:
-        """Refreshes the predictions already shown (after the steps changed)."""
-        shown = [layer.metadata[L.SOURCE_KEY] for layer in self.viewer.layers
-                 if layer.metadata.get(L.KIND_KEY) == "panoptic" and layer.metadata.get(L.SOURCE_KEY) in self.viewer.layers]
-        if shown and self.state == State.READY:
-            self.predict(shown[0])
+        """Refreshes every prediction shown (after the steps changed), one image after the other."""
+        sources = [layer.metadata[L.SOURCE_KEY] for layer in self.viewer.layers
+                   if layer.metadata.get(L.KIND_KEY) == "panoptic"]
+        self._repredict_queue = list(dict.fromkeys(sources))
+        self._predict_next()
+
+    def _predict_next(self) -> None:
+        while self._repredict_queue and self.state == State.READY:
+            name = self._repredict_queue.pop(0)
+            if name in self.viewer.layers:
+                return self._predict_layer(self.viewer.layers[name])
 
     # ================================================================= steps
     def _guarded(self, action, done: str) -> bool:
@@ -541,13 +574,17 @@ class EclipseWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 - every failure here is reported, the model is unchanged
             self._notify(str(exc), "error")
             return False
-        self._notify(done)
+        if done:
+            self._notify(done)
         self._refresh_model()
         return True
 
     def undo(self) -> bool:
         ok = self._guarded(lambda: self.session.undo(self._model_folder), "Removed the last step")
         if ok:
+            self.report.setText("")  # it described the step just removed
+            self.progress_label.setText("")
+            self.last_learn = None
             QTimer.singleShot(0, self._repredict)
         return ok
 
@@ -556,8 +593,12 @@ class EclipseWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Export step", "", "Step (*.safetensors)")
             if not path:
                 return False
-        return self._guarded(lambda: self.session.export_step(self.session.model.num_steps, path),
-                             f"Exported step {self.session.model.num_steps} to {path}")
+        written = []
+        ok = self._guarded(lambda: written.append(self.session.export_step(self.session.model.num_steps, path)),
+                           "")
+        if ok:
+            self._notify(f"Exported step {self.session.model.num_steps} to {written[0]}")
+        return ok
 
     def import_step(self, path) -> bool:
         if path is None:
@@ -581,6 +622,15 @@ class EclipseWidget(QWidget):
             folder = QFileDialog.getExistingDirectory(self, "Load a model folder")
             if not folder:
                 return False
+        if self.session is None and self.state == State.FAILED:  # nothing loaded yet: open a session on it
+            try:
+                session = self._load_session(folder)
+            except Exception as exc:  # noqa: BLE001 - reported; the widget stays where it was
+                self._notify(f"could not load the model from {folder}: {exc}", "error")
+                return False
+            self._on_loaded(session)
+            self._notify(f"Loaded the model from {folder}")
+            return True
         ok = self._guarded(lambda: self.session.replace_model(folder), f"Loaded the model from {folder}")
         if ok:
             QTimer.singleShot(0, self._repredict)
@@ -588,14 +638,29 @@ class EclipseWidget(QWidget):
 
 
 # ===================================================================== small helpers
+def _report(result) -> str:
+    """What the step changed, on the painted images and, separately, on the other open images."""
+    lines = []
+    if result.old_pixels_unchanged is not None:
+        lines.append(f"Painted images: old classes unchanged on {100 * result.old_pixels_unchanged:.1f}% of "
+                     "the pixels outside the new class.")
+    o = result.others
+    if o is not None:
+        lines.append(f"Other open images ({o.images}, not painted): old classes unchanged on {100 * o.unchanged:.1f}% "
+                     f"of the pixels outside the new class; the new class took {100 * o.claimed:.1f}%.")
+    return "".join(f"<br>{line}" for line in lines)
+
+
 def _colormap(colors: dict):
     from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict=colors)
 
 
-def _next_class_color(session):
-    """The colour the model will give its next class (model.network.classes.make_classes' default)."""
-    from model.network.classes import default_color
+def _next_class_color(session, project):
+    """A colour for a new class unlike every class of the model and of the project (the model learns
+    the class in the colour the project holds for it)."""
+    from model.network.classes import distinct_color
 
-    return default_color(session.model.num_classes if session is not None else 0)
+    taken = [c.color for c in session.classes] if session is not None else []
+    return distinct_color(taken + [tuple(c["color"]) for c in project.categories])

@@ -71,5 +71,15 @@ class LearnResult:
     delta: float | None
     seconds: float
     losses: list[float]
-    old_pixels_unchanged: float | None  # outside the new class, share of pixels whose old prediction held
+    old_pixels_unchanged: float | None  # painted images, outside the new class: share whose old prediction held
     delta_table: list[dict] = field(default_factory=list)
+    others: "OtherImages | None" = None  # the same on the other open images given as context
+
+
+@dataclass(frozen=True)
+class OtherImages:
+    """What a step changed on images that were not painted (they may show the new class)."""
+
+    images: int
+    unchanged: float  # outside the new class, share of pixels whose old prediction held
+    claimed: float  # share of pixels the new class took

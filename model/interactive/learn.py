@@ -22,7 +22,7 @@ from ..network.eclipse import EclipseModel, to_chw_tensor
 from ..training.criterion import LossConfig
 from ..training.engine import TrainConfig, train
 from ..training.progress import Progress, RunState
-from .config import Example, LearnConfig, LearnResult
+from .config import Example, LearnConfig, LearnResult, OtherImages
 
 # Where the model, before the step, holds a pixel with at least this probability (score x mask), that pixel
 # is taken as its old class: a negative for a dense step, on unpainted pixels and on context images.
@@ -155,19 +155,22 @@ def learn_class(
 ) -> LearnResult:
     """Teaches the model one new class from painted examples. `context`: other images (unpainted; they
     may show the class too): a dense step takes what the model already holds confidently there as
-    negatives, so the new class does not spill onto what the model knew."""
+    negatives, so the new class does not spill onto what the model knew; the result reports what the
+    step changed there (`LearnResult.others`) apart from the painted images."""
     check_examples(examples)
     if name.strip() in {c.name for c in model.classes}:
         raise ValueError(f"a class named {name.strip()!r} already exists")
     reference = [model.predict(e.image) for e in examples]
+    context = list(context)
+    context_refs = [model.predict(c) for c in context]  # before the step: for negatives and the report
     colors = None if color is None else [color]
     dense = config.learner == "dense"
     weights = None
     if dense:
-        context = _spread(context, config.max_context)
+        used = _spread(list(range(len(context))), config.max_context)
         look_alikes = find_look_alikes(examples, reference)
-        examples, extra = old_class_negatives(examples, reference, context, [model.predict(c) for c in context],
-                                              look_alikes)
+        examples, extra = old_class_negatives(examples, reference, [context[i] for i in used],
+                                              [context_refs[i] for i in used], look_alikes)
         # The painted examples make two thirds of what is drawn, however many context images there are.
         weights = [2 / 3 / len(examples)] * len(examples) + [1 / 3 / len(extra)] * len(extra) if extra else None
         train_examples = list(examples) + extra
@@ -196,11 +199,12 @@ def learn_class(
             deltas, table = select_deltas(model, [_labelled(e, class_id) for e in examples], reference)
             model.set_deltas(deltas)
         unchanged = old_predictions_unchanged(model, examples, reference, class_id)
+        others = other_images_report(model, context, context_refs, class_id) if context else None
     except BaseException:
         model.remove_last_step()
         raise
     return LearnResult(RunState.DONE, class_id, None if dense else model.deltas[-1], result.seconds, result.losses,
-                       unchanged, table)
+                       unchanged, table, others)
 
 
 def _spread(items: Sequence, count: int) -> list:
@@ -215,6 +219,20 @@ def _labelled(example: Example, class_id: int) -> LabelledImage:
     inst = np.asarray(example.instances).astype(np.int64)
     ids = [int(i) for i in np.unique(inst) if i > 0]
     return LabelledImage(example.image, inst, [{"id": i, "category_id": class_id, "iscrowd": 0} for i in ids])
+
+
+def other_images_report(model, images, before, class_id: int) -> OtherImages:
+    """On images that were not painted: the share of pixels outside the new class whose class held, and
+    the share the new class took."""
+    same = outside_total = claimed = total = 0
+    for image, ref in zip(images, before):
+        after, was = model.predict(image).semantic.numpy(), ref.semantic.numpy()
+        outside = after != class_id
+        same += int((after[outside] == was[outside]).sum())
+        outside_total += int(outside.sum())
+        claimed += int((~outside).sum())
+        total += after.size
+    return OtherImages(len(images), same / outside_total if outside_total else 1.0, claimed / max(total, 1))
 
 
 def old_predictions_unchanged(model, examples, reference, class_id: int) -> float:

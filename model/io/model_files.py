@@ -7,6 +7,9 @@ previous step) it was trained on, so a step is never attached to a model it does
 """
 
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +28,9 @@ STEP_KIND = "eclipse-step"
 BASE_FILE = "base.safetensors"
 MANIFEST_FILE = "model.json"
 _GROUPS = "decoder.groups."
+
+
+STEP_FILE_PATTERN = re.compile(r"step_\d{3}\.safetensors")
 
 
 def step_file_name(step: int) -> str:
@@ -164,15 +170,36 @@ def load_exact(module: torch.nn.Module, tensors: dict, path, what: str) -> None:
 
 
 def save_model(model: EclipseModel, folder: str | os.PathLike) -> Path:
-    """Writes base + every step + a manifest into `folder` (each file atomically)."""
+    """Writes base + every step + a manifest into `folder`, as one change: everything is written into a
+    temporary sibling folder first, which then becomes `folder` (or, where `folder` already holds files,
+    its files move in with the manifest last, since the manifest commits the model) and step files
+    the manifest no longer lists are removed. A crash leaves the old model or the new one, never a mix;
+    other files in `folder` are kept."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_base(model, folder / BASE_FILE)
-    steps = [step_file_name(t) for t in range(1, model.num_steps + 1)]
-    for t, name in enumerate(steps, start=1):
-        save_step(model, t, folder / name)
-    atomic_write_json(folder / MANIFEST_FILE, {"base": BASE_FILE, "steps": steps})
-    return folder
+    parent = folder.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    files = [BASE_FILE] + [step_file_name(t) for t in range(1, model.num_steps + 1)]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
+    try:
+        save_base(model, tmp / BASE_FILE)
+        for t, name in enumerate(files[1:], start=1):
+            save_step(model, t, tmp / name)
+        atomic_write_json(tmp / MANIFEST_FILE, {"base": BASE_FILE, "steps": files[1:]})
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        if not folder.exists():
+            os.rename(tmp, folder)
+            return folder
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: exists and is not a folder")
+        for name in files + [MANIFEST_FILE]:
+            os.replace(tmp / name, folder / name)
+        for stale in folder.iterdir():
+            if STEP_FILE_PATTERN.fullmatch(stale.name) and stale.name not in files:
+                stale.unlink()
+        return folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> EclipseModel:

@@ -26,6 +26,26 @@ def default_color(index: int) -> tuple[int, int, int]:
     return (int(r * 255), int(g * 255), int(b * 255))
 
 
+def _distance(a, b) -> float:
+    """A cheap perceptual colour distance ("redmean" weighted RGB)."""
+    r = (a[0] + b[0]) / 2
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    return ((2 + r / 256) * d[0] ** 2 + 4 * d[1] ** 2 + (2 + (255 - r) / 256) * d[2] ** 2) ** 0.5
+
+
+def distinct_color(existing) -> tuple[int, int, int]:
+    """The colour farthest from every colour in `existing` (of a fixed palette of hues, saturations and
+    values): a new class never comes out looking like an old one."""
+    import colorsys
+
+    palette = [tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(h / 36, s, v))
+               for v in (0.95, 0.7) for s in (0.85, 0.55) for h in range(36)]
+    existing = [tuple(c)[:3] for c in existing]
+    if not existing:
+        return default_color(0)
+    return max(palette, key=lambda c: min(_distance(c, e) for e in existing))
+
+
 def make_classes(names, is_thing, colors=None, start_index: int = 0) -> list[ClassSpec]:
     """Validates parallel lists and builds ClassSpecs (colours default to `default_color`)."""
     names, is_thing = list(names), list(is_thing)

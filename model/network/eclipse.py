@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classes import ClassSpec, make_classes
+from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
 from .decoder import DecoderOutput, MaskedAttentionDecoder
 from .dense_head import InstanceRule, dense_input, dense_maps, dense_segments
@@ -132,6 +132,11 @@ class EclipseModel(nn.Module):
 
     def _new_classes(self, class_names, is_thing, colors) -> list[ClassSpec]:
         known = {c.name for c in self.classes}
+        if colors is None:  # each new class looks unlike every class before it
+            colors, taken = [], [c.color for c in self.classes]
+            for _ in list(class_names):
+                colors.append(distinct_color(taken))
+                taken.append(colors[-1])
         classes = make_classes(class_names, is_thing, colors, start_index=self.num_classes)
         names = [c.name for c in classes]
         duplicates = sorted({n for n in names if n in known or names.count(n) > 1})

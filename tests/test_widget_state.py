@@ -1,0 +1,97 @@
+"""State that never goes stale: every prediction refreshes after a change of steps, the report goes with
+an undo, the legend follows the layer selected, a failed model load keeps a way out, the newest step is
+shown, new classes get colours of their own, messages name what was written, Threads applies to Predict."""
+
+import numpy as np
+import pytest
+import torch
+from napari_helpers import needs_display, open_widget, predict, wait_ready
+
+pytestmark = [needs_display, pytest.mark.slow]
+
+
+def _added_step(widget, name="horse"):
+    """An untrained dense step added to the widget's model (enough to change the predictions' classes)."""
+    model = widget.session.model
+    model.add_dense_step([name], [True])
+    model.eval()
+    widget._refresh_model()
+
+
+def test_every_prediction_shown_refreshes_after_steps_change_and_undo_clears_the_report(
+        make_napari_viewer, qtbot, tmp_path):
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2, 3))
+    for name in ("scene 1", "scene 2", "scene 3"):
+        predict(widget, qtbot, name)
+    widget.image_choice.setCurrentText("scene 1")
+    _added_step(widget)
+    path = tmp_path / "step"
+    assert widget.export_step(str(path))
+    assert "step.safetensors" in widget.last_message  # the file actually written
+    widget.report.setText("Learned horse …")
+    for name in ("scene 1", "scene 2", "scene 3"):  # mark every prediction stale
+        viewer.layers[f"{name} panoptic"].data = np.zeros((256, 256), np.int32)
+    assert widget.undo()
+    assert widget.report.text() == ""  # the report described the step just removed
+    qtbot.waitUntil(lambda: all(viewer.layers[f"{n} panoptic"].data.any() for n in ("scene 1", "scene 2", "scene 3")),
+                    timeout=120_000)
+    wait_ready(widget, qtbot)
+    assert widget.image_choice.currentText() == "scene 1"  # refreshing does not change the user's choice
+
+
+def test_the_legend_follows_the_prediction_selected(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2))
+    _, sem1 = predict(widget, qtbot, "scene 1")
+    _, sem2 = predict(widget, qtbot, "scene 2")
+    assert widget.legend.source == "scene 2"
+    viewer.layers.selection.active = viewer.layers["scene 1 panoptic"]
+    assert widget.legend.source == "scene 1"
+    top = widget.legend.item(0, 1).text()  # the class with the most pixels comes first
+    counts = np.bincount(sem1.data.ravel(), minlength=17)[1:]
+    assert top == widget.session.classes[int(counts.argmax())].name
+
+
+def test_a_failed_model_load_keeps_load_model_and_says_so_once(make_napari_viewer, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from eclipse_napari.plugin.widget import EclipseWidget, State
+    from eclipse_napari.resources import shipped_base_path
+
+    viewer = make_napari_viewer()
+    before = len(notification_manager.records)
+    widget = EclipseWidget(viewer, model_folder=tmp_path / "no such model", project_folder=tmp_path / "p", threads=1)
+    qtbot.waitUntil(lambda: widget.state == State.FAILED, timeout=60_000)
+    qtbot.wait(200)
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert len(messages) == 1, messages
+    assert "could not load the model" in messages[0] and "Traceback" not in messages[0]
+    assert widget.load_button.isEnabled() and not widget.predict_button.isEnabled()
+    assert widget.load_model(str(shipped_base_path()))
+    assert widget.state == State.READY and widget.predict_button.isEnabled()
+
+
+def test_the_newest_step_is_shown_and_new_classes_get_distinct_colours(make_napari_viewer, qtbot, tmp_path):
+    from model.network.classes import _distance
+
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1,))
+    for name in ("a1", "a2", "a3", "a4", "a5"):
+        _added_step(widget, name)
+    assert widget.steps.currentRow() == widget.steps.count() - 1 == 5
+    classes = widget.session.classes
+    for k, new in enumerate(classes[16:], start=16):
+        assert min(_distance(new.color, old.color) for old in classes[:k]) > 60, (new, k)
+
+
+def test_threads_apply_to_predict(make_napari_viewer, qtbot, tmp_path):
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1,))
+    seen, real = [], widget.session.predict
+
+    def predict_and_record(*args, **kwargs):  # runs in the worker thread, where the setting applies
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    widget.session.predict = predict_and_record
+    for threads in (1, 2):
+        widget.threads.setValue(threads)
+        predict(widget, qtbot, "scene 1")
+    assert seen == [1, 2]
