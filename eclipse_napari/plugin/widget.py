@@ -1,15 +1,15 @@
 """The dock widget: predict with the frozen model, paint a new class, learn it in the background, manage
 steps. Thin by design: model work lives in `session.Session`, annotation files in `project.Project`,
 layer data in `layers`; long work runs in napari thread workers and a small state drives the buttons.
+The widget is the layout, the state, the workers and the layer bookkeeping; its actions live in one
+part per box: `predict_actions`, `teach_actions` (annotations and Learn) and `step_actions`.
 torch is imported only when the model loads (in a worker), so the widget appears at once.
 """
 
 import os
 import threading
-from enum import Enum
 from pathlib import Path
 
-import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
@@ -26,35 +26,24 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt.utils import ensure_main_thread
 
-from model.interactive.config import Example, LearnConfig  # no torch: the widget appears at once
-from model.training.progress import RunState
+from model.interactive.config import LearnConfig  # no torch: the widget appears at once
 
 from . import annotations
 from . import layers as L
-from .image_input import LayerInputError, planes_of
 from .legend import Legend
 from .painting import Painting
+from .predict_actions import PredictActions
 from .project import Project, ProjectError
 from .qt_helpers import box, button, row
+from .state import State, default_project_folder
+from .step_actions import StepActions
+from .teach_actions import TeachActions
 
 MODEL_FOLDER = "model"  # inside the project folder: the model with every learned step
 
 
-class State(Enum):
-    LOADING = "loading the model…"
-    READY = "ready"
-    PREDICTING = "predicting…"
-    LEARNING = "learning…"
-    FAILED = "no model"
-
-
-def default_project_folder() -> Path:
-    return Path(os.environ.get("ECLIPSE_NAPARI_PROJECT", Path.home() / "eclipse-napari" / "project"))
-
-
-class EclipseWidget(QWidget):
+class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
     def __init__(self, napari_viewer, model_folder=None, project_folder=None, threads: int | None = None):
         super().__init__()
         self.viewer = napari_viewer
@@ -227,7 +216,7 @@ class EclipseWidget(QWidget):
         worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         worker.returned.connect(self._if_alive(on_done))
         worker.errored.connect(self._if_alive(self._on_error))
-        worker.finished.connect(self._if_alive(self._on_finished))
+        worker.finished.connect(self._if_alive(lambda worker=worker: self._on_finished(worker)))
         self._worker = worker
         self._cancel.clear()
         self._set_state(state)
@@ -245,7 +234,9 @@ class EclipseWidget(QWidget):
                                 "error")
         self._notify(f"{type(exc).__name__}: {exc}", "error")
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, worker=None) -> None:
+        if worker is not None and worker is not self._worker:
+            return  # a worker whose result came before its end: a newer one runs already
         self._worker = None
         if self.state in (State.PREDICTING, State.LEARNING) or (self.state == State.LOADING and self.session):
             self._set_state(State.READY)
@@ -260,25 +251,6 @@ class EclipseWidget(QWidget):
         if self._worker is not None:
             self._cancel.set()
             self.progress_label.setText("cancelling…")
-
-    # ================================================================= predict
-    def _image_layer(self):
-        name = self.image_choice.currentText()
-        if not name or name not in self.viewer.layers:
-            raise LayerInputError("choose an image layer to segment (open an image or File > Open Sample)")
-        return self.viewer.layers[name]
-
-    def _on_active_layer(self, *_) -> None:
-        """The legend follows the prediction (or the image) selected in the layer list."""
-        layer = self.viewer.layers.selection.active
-        if layer is None or self.session is None:
-            return
-        source = layer.metadata.get(L.SOURCE_KEY) if layer.metadata.get(L.KIND_KEY) else layer.name
-        semantic = next((x for x in self.viewer.layers if x.metadata.get(L.KIND_KEY) == "semantic"
-                         and x.metadata.get(L.SOURCE_KEY) == source), None)
-        if semantic is not None and source != self.legend.source:
-            classes = self.session.classes
-            self.legend.set_classes(classes, L.class_pixel_counts(np.asarray(semantic.data), len(classes)), source)
 
     def _watch_name(self, layer) -> None:
         self._names[id(layer)] = layer.name
@@ -319,348 +291,3 @@ class EclipseWidget(QWidget):
         if selected == old:
             self.image_choice.setCurrentText(new)
 
-    def _refresh_layer_choices(self, *_) -> None:
-        from napari.layers import Image
-
-        current = self.image_choice.currentText()
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-        self.image_choice.clear()
-        self.image_choice.addItems(names)
-        if current in names:
-            self.image_choice.setCurrentText(current)
-
-    def _current_plane(self, layer) -> tuple[int, ...] | None:
-        """The plane to predict: the one shown, or None (every plane) with "all planes" checked."""
-        return None if self.all_planes.isChecked() else self._shown_plane(layer)
-
-    def _shown_plane(self, layer) -> tuple[int, ...]:
-        """Leading indices of the layer's plane the viewer shows now."""
-        lead = layer.data.ndim - (3 if layer.rgb else 2)
-        point = layer.world_to_data(self.viewer.dims.point)
-        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], layer.data.shape[:lead]))
-
-    def predict(self, layer_name: str | None = None) -> None:
-        """Predicts the chosen image layer (or `layer_name`, which becomes the chosen one)."""
-        if layer_name is not None:
-            self.image_choice.setCurrentText(layer_name)
-        try:
-            layer = self._image_layer()
-        except LayerInputError as exc:
-            return self._notify(str(exc), "error")
-        self._predict_layer(layer)
-
-    def _predict_layer(self, layer) -> None:
-        if self.state != State.READY:
-            return self._notify(f"cannot predict while {self.state.value}", "warning")
-        try:
-            planes = planes_of(layer.data, layer.rgb, self._current_plane(layer), layer.contrast_limits)
-        except LayerInputError as exc:
-            return self._notify(str(exc), "error")
-        lead = layer.data.shape[: layer.data.ndim - (3 if layer.rgb else 2)]
-        plane_shape = planes[0][1].shape[:2]
-        indices = [index for index, _ in planes]
-
-        threads = self.threads.value()
-        self.progress.setRange(0, 1000)
-        self.progress.setValue(0)
-        self.progress_label.setText("")
-
-        def run():
-            import torch
-
-            torch.set_num_threads(threads)
-            return self.session.predict([p for _, p in planes], cancel=self._aborted,
-                                        progress=self._on_predict_progress)
-
-        self._start(run, on_done=lambda preds: self._show_predictions(layer, lead, plane_shape, indices, preds),
-                    state=State.PREDICTING)
-
-    @ensure_main_thread
-    def _on_predict_progress(self, p) -> None:
-        if not self._alive:
-            return
-        self.progress.setValue(round(1000 * p.fraction))
-        where = f"plane {p.plane}/{p.planes}" if p.planes > 1 else ""
-        if p.tiles > 1:
-            where += (" · " if where else "") + f"tile {p.tile}/{p.tiles}"
-        self.progress_label.setText(f"predicted {where}" if where else "")
-
-    def _show_predictions(self, image_layer, lead, plane_shape, indices, predictions) -> None:
-        if len(predictions) < len(indices):  # cancelled: show the planes finished, say so
-            text = (f"cancelled after {len(predictions)} of {len(indices)} planes" if predictions
-                    else "cancelled: nothing was predicted")
-            self.progress_label.setText(text)
-            if not predictions:
-                return self._notify(f"Prediction of {image_layer.name} {text}")
-        classes = self.session.classes
-        panoptic, semantic = L.stack_predictions(list(zip(indices, predictions)), lead, plane_shape, classes)
-        meta = {L.SOURCE_KEY: image_layer.name}
-        for kind, spec, visible in (("panoptic", panoptic, not self.semantic.isChecked()),
-                                    ("semantic", semantic, self.semantic.isChecked())):
-            name = f"{image_layer.name} {kind}"
-            colormap = _colormap(spec["colors"])
-            if name in self.viewer.layers:
-                target = self.viewer.layers[name]
-                target.data, target.features, target.colormap = spec["data"], spec["features"], colormap
-            else:
-                self.viewer.add_labels(spec["data"], name=name, features=spec["features"], colormap=colormap,
-                                       opacity=0.55, visible=visible, metadata={**meta, L.KIND_KEY: kind},
-                                       scale=image_layer.scale[: len(lead) + 2],
-                                       translate=image_layer.translate[: len(lead) + 2])
-        self.legend.set_classes(classes, L.class_pixel_counts(semantic["data"], len(classes)), image_layer.name)
-        found = sum(len(p.segments) for p in predictions)
-        if len(predictions) == len(indices):
-            self.progress_label.setText("")
-        self._notify(f"{image_layer.name}: {found} segments in {len(predictions)} plane(s)")
-
-    def _show_semantic(self, semantic: bool) -> None:
-        """Switches every prediction shown between its panoptic and its semantic layer."""
-        for layer in self.viewer.layers:
-            kind = layer.metadata.get(L.KIND_KEY)
-            if kind in ("panoptic", "semantic"):
-                layer.visible = (kind == "semantic") == semantic
-
-    # ================================================================= teach
-    def _new_class(self) -> tuple[str, bool]:
-        name = self.class_name.text().strip()
-        if not name:
-            raise ValueError("type a name for the new class first")
-        if self.session is not None and name in {c.name for c in self.session.classes}:
-            raise ValueError(f"the model already knows a class named {name!r}: choose another name")
-        return name, self.class_kind.currentText() == "thing"
-
-    def add_annotation_layer(self, kind: str = annotations.INSTANCES):
-        """A Labels layer over the selected image for painting instances of the new class, or (kind
-        BACKGROUND) "not this class"; what the project holds for this class and image is restored."""
-        try:
-            name, is_thing = self._new_class()
-            image = self._image_layer()
-            known = name in {c["name"] for c in self.project.categories}  # a known class keeps its colour
-            self.project.ensure_category(name, is_thing, None if known else _next_class_color(self.session, self.project))
-        except (ValueError, LayerInputError) as exc:
-            return self._notify(str(exc), "error")
-        layer = self.painting.layer_for(name, image, kind)
-        if layer is None or layer not in self.viewer.layers:
-            data, kwargs = annotations.new_layer_args(image, name, is_thing, kind)
-            if kind == annotations.BACKGROUND:  # one grey label: "not this class"
-                kwargs["colormap"] = _colormap({None: L.TRANSPARENT, 0: L.TRANSPARENT, 1: annotations.BACKGROUND_COLOR})
-                kwargs["opacity"] = 0.6
-            layer = self.viewer.add_labels(data, **kwargs)
-            restored = self.painting.track(layer, image)
-            if restored.refused:
-                self._notify(restored.message(name), "warning")
-            layer.brush_size = 8 if kind == annotations.INSTANCES else 16
-            for event in (layer.events.paint, layer.events.data):
-                event.connect(lambda *_, layer=layer: self._annotation_changed(layer))
-        if kind == annotations.BACKGROUND:
-            layer.selected_label = 1
-        layer.mode = "paint"
-        self.viewer.layers.selection.active = layer
-        self._update_teach_info()
-        return layer
-
-    def add_background_layer(self):
-        """The background ("not this class") layer of the selected image, in paint mode."""
-        return self.add_annotation_layer(annotations.BACKGROUND)
-
-    def _annotation_changed(self, layer) -> None:
-        self.painting.changed(layer)
-        self._save_timer.start()
-
-    def flush_annotations(self) -> None:
-        """Writes changed annotation layers into the project (runs 0.3 s after the last stroke)."""
-        if self.painting is None:
-            return
-        for error in self.painting.flush():
-            self._notify(error, "error")
-        self._update_teach_info()
-
-    def _update_teach_info(self) -> None:
-        name = self.class_name.text().strip()
-        if name and self.project is not None:
-            self.teach_info.setText(annotations.summary(self.project, name))
-
-    # ================================================================= learn
-    def learn(self) -> None:
-        if self.state != State.READY:
-            return self._notify(f"cannot learn now: {self.state.value}", "warning")
-        self.flush_annotations()
-        try:
-            name, is_thing = self._new_class()
-            stored = annotations.examples(self.project, name)
-            examples = [Example(a.image, a.instances, a.background) for a in stored]
-            if not any(a.instances.any() for a in stored):
-                raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
-            context = self._context_planes({a.image_key for a in stored})
-            category = {c["name"]: c for c in self.project.categories}.get(name)
-            is_thing = bool(category["isthing"]) if category else is_thing
-            color = tuple(category["color"]) if category else None
-        except (ValueError, ProjectError) as exc:
-            return self._notify(str(exc), "error")
-        config = LearnConfig(iterations=self.iterations.value())
-        self.progress.setRange(0, config.iterations)
-        self.progress.setValue(0)
-        self.report.setText("")
-        threads = self.threads.value()
-
-        def run():
-            import torch
-
-            torch.set_num_threads(threads)
-            return self.session.learn(name, is_thing, examples, config, color=color, callback=self._on_progress,
-                                      cancel=self._aborted, save_to=self._model_folder, context=context)
-
-        self._start(run, on_done=self._on_learned, state=State.LEARNING)
-
-    def _context_planes(self, annotated: set, limit: int = 8) -> list:
-        """The current planes of other open image layers (at most `limit`): Learn takes what the model
-        already knows confidently there as "not the new class"."""
-        from napari.layers import Image
-
-        out = []
-        for layer in self.viewer.layers:
-            if not isinstance(layer, Image) or len(out) >= limit:
-                continue
-            index = self._shown_plane(layer)
-            if annotations.plane_identity(layer.data[index]) in annotated:
-                continue
-            try:
-                out += [plane for _, plane in planes_of(layer.data, layer.rgb, index, layer.contrast_limits)]
-            except LayerInputError:
-                continue  # a layer the model cannot read is simply not used
-        return out
-
-    @ensure_main_thread
-    def _on_progress(self, p) -> None:
-        if not self._alive:
-            return
-        self.progress.setValue(p.iteration)
-        self.progress_label.setText(f"{p.iteration}/{p.total} iterations · loss {p.loss:.3g} · "
-                                    f"{p.seconds:.0f} s, about {p.eta_seconds:.0f} s left")
-
-    def _on_learned(self, result) -> None:
-        self.last_learn = result
-        if result.state == RunState.CANCELLED:
-            self.progress_label.setText("cancelled: the model is exactly as before")
-            self._notify("Learning cancelled; the model is unchanged")
-        else:
-            name = self.session.classes[result.class_id - 1].name
-            how = "a dense step" if result.delta is None else f"δ = {result.delta:g}"
-            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s ({how}).{_report(result)}")
-            self._notify(f"Learned {name!r} in {result.seconds:.0f} s")
-        self._refresh_model()
-        QTimer.singleShot(0, self._repredict)
-
-    def _repredict(self) -> None:
-        """Refreshes every prediction shown (after the steps changed), one image after the other."""
-        sources = [layer.metadata[L.SOURCE_KEY] for layer in self.viewer.layers
-                   if layer.metadata.get(L.KIND_KEY) == "panoptic"]
-        self._repredict_queue = list(dict.fromkeys(sources))
-        self._predict_next()
-
-    def _predict_next(self) -> None:
-        while self._repredict_queue and self.state == State.READY:
-            name = self._repredict_queue.pop(0)
-            if name in self.viewer.layers:
-                return self._predict_layer(self.viewer.layers[name])
-
-    # ================================================================= steps
-    def _guarded(self, action, done: str) -> bool:
-        if self.state != State.READY:
-            self._notify(f"cannot do that while {self.state.value}", "warning")
-            return False
-        try:
-            action()
-        except Exception as exc:  # noqa: BLE001 - every failure here is reported, the model is unchanged
-            self._notify(str(exc), "error")
-            return False
-        if done:
-            self._notify(done)
-        self._refresh_model()
-        return True
-
-    def undo(self) -> bool:
-        ok = self._guarded(lambda: self.session.undo(self._model_folder), "Removed the last step")
-        if ok:
-            self.report.setText("")  # it described the step just removed
-            self.progress_label.setText("")
-            self.last_learn = None
-            QTimer.singleShot(0, self._repredict)
-        return ok
-
-    def export_step(self, path) -> bool:
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export step", "", "Step (*.safetensors)")
-            if not path:
-                return False
-        written = []
-        ok = self._guarded(lambda: written.append(self.session.export_step(self.session.model.num_steps, path)),
-                           "")
-        if ok:
-            self._notify(f"Exported step {self.session.model.num_steps} to {written[0]}")
-        return ok
-
-    def import_step(self, path) -> bool:
-        if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Import step", "", "Step (*.safetensors)")
-            if not path:
-                return False
-        ok = self._guarded(lambda: self.session.import_step(path, self._model_folder), f"Imported {path}")
-        if ok:
-            QTimer.singleShot(0, self._repredict)
-        return ok
-
-    def save_model(self, folder) -> bool:
-        if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Save the model into")
-            if not folder:
-                return False
-        return self._guarded(lambda: self.session.save_model(folder), f"Saved the model in {folder}")
-
-    def load_model(self, folder) -> bool:
-        if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Load a model folder")
-            if not folder:
-                return False
-        if self.session is None and self.state == State.FAILED:  # nothing loaded yet: open a session on it
-            try:
-                session = self._load_session(folder)
-            except Exception as exc:  # noqa: BLE001 - reported; the widget stays where it was
-                self._notify(f"could not load the model from {folder}: {exc}", "error")
-                return False
-            self._on_loaded(session)
-            self._notify(f"Loaded the model from {folder}")
-            return True
-        ok = self._guarded(lambda: self.session.replace_model(folder), f"Loaded the model from {folder}")
-        if ok:
-            QTimer.singleShot(0, self._repredict)
-        return ok
-
-
-# ===================================================================== small helpers
-def _report(result) -> str:
-    """What the step changed, on the painted images and, separately, on the other open images."""
-    lines = []
-    if result.old_pixels_unchanged is not None:
-        lines.append(f"Painted images: old classes unchanged on {100 * result.old_pixels_unchanged:.1f}% of "
-                     "the pixels outside the new class.")
-    o = result.others
-    if o is not None:
-        lines.append(f"Other open images ({o.images}, not painted): old classes unchanged on {100 * o.unchanged:.1f}% "
-                     f"of the pixels outside the new class; the new class took {100 * o.claimed:.1f}%.")
-    return "".join(f"<br>{line}" for line in lines)
-
-
-def _colormap(colors: dict):
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict=colors)
-
-
-def _next_class_color(session, project):
-    """A colour for a new class unlike every class of the model and of the project (the model learns
-    the class in the colour the project holds for it)."""
-    from model.network.classes import distinct_color
-
-    taken = [c.color for c in session.classes] if session is not None else []
-    return distinct_color(taken + [tuple(c["color"]) for c in project.categories])

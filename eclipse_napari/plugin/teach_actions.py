@@ -1,0 +1,171 @@
+"""Teach and Learn: annotation layers (instances, background) saved into the project as they are
+painted, and Learn in a worker with its progress and report. A part of `EclipseWidget` (see widget.py)."""
+
+from qtpy.QtCore import QTimer
+from superqt.utils import ensure_main_thread
+
+from model.interactive.config import Example, LearnConfig  # no torch: the widget appears at once
+from model.training.progress import RunState
+
+from . import annotations
+from . import layers as L
+from .image_input import LayerInputError, planes_of
+from .predict_actions import _colormap
+from .project import ProjectError
+from .state import State
+
+
+class TeachActions:
+    # ================================================================= teach
+    def _new_class(self) -> tuple[str, bool]:
+        name = self.class_name.text().strip()
+        if not name:
+            raise ValueError("type a name for the new class first")
+        if self.session is not None and name in {c.name for c in self.session.classes}:
+            raise ValueError(f"the model already knows a class named {name!r}: choose another name")
+        return name, self.class_kind.currentText() == "thing"
+
+    def add_annotation_layer(self, kind: str = annotations.INSTANCES):
+        """A Labels layer over the selected image for painting instances of the new class, or (kind
+        BACKGROUND) "not this class"; what the project holds for this class and image is restored."""
+        try:
+            name, is_thing = self._new_class()
+            image = self._image_layer()
+            known = name in {c["name"] for c in self.project.categories}  # a known class keeps its colour
+            self.project.ensure_category(name, is_thing, None if known else _next_class_color(self.session, self.project))
+        except (ValueError, LayerInputError) as exc:
+            return self._notify(str(exc), "error")
+        layer = self.painting.layer_for(name, image, kind)
+        if layer is None or layer not in self.viewer.layers:
+            data, kwargs = annotations.new_layer_args(image, name, is_thing, kind)
+            if kind == annotations.BACKGROUND:  # one grey label: "not this class"
+                kwargs["colormap"] = _colormap({None: L.TRANSPARENT, 0: L.TRANSPARENT, 1: annotations.BACKGROUND_COLOR})
+                kwargs["opacity"] = 0.6
+            layer = self.viewer.add_labels(data, **kwargs)
+            restored = self.painting.track(layer, image)
+            if restored.refused:
+                self._notify(restored.message(name), "warning")
+            layer.brush_size = 8 if kind == annotations.INSTANCES else 16
+            for event in (layer.events.paint, layer.events.data):
+                event.connect(lambda *_, layer=layer: self._annotation_changed(layer))
+        if kind == annotations.BACKGROUND:
+            layer.selected_label = 1
+        layer.mode = "paint"
+        self.viewer.layers.selection.active = layer
+        self._update_teach_info()
+        return layer
+
+    def add_background_layer(self):
+        """The background ("not this class") layer of the selected image, in paint mode."""
+        return self.add_annotation_layer(annotations.BACKGROUND)
+
+    def _annotation_changed(self, layer) -> None:
+        self.painting.changed(layer)
+        self._save_timer.start()
+
+    def flush_annotations(self) -> None:
+        """Writes changed annotation layers into the project (runs 0.3 s after the last stroke)."""
+        if self.painting is None:
+            return
+        for error in self.painting.flush():
+            self._notify(error, "error")
+        self._update_teach_info()
+
+    def _update_teach_info(self) -> None:
+        name = self.class_name.text().strip()
+        if name and self.project is not None:
+            self.teach_info.setText(annotations.summary(self.project, name))
+
+    # ================================================================= learn
+    def learn(self) -> None:
+        if self.state != State.READY:
+            return self._notify(f"cannot learn now: {self.state.value}", "warning")
+        self.flush_annotations()
+        try:
+            name, is_thing = self._new_class()
+            stored = annotations.examples(self.project, name)
+            examples = [Example(a.image, a.instances, a.background) for a in stored]
+            if not any(a.instances.any() for a in stored):
+                raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
+            context = self._context_planes({a.image_key for a in stored})
+            category = {c["name"]: c for c in self.project.categories}.get(name)
+            is_thing = bool(category["isthing"]) if category else is_thing
+            color = tuple(category["color"]) if category else None
+        except (ValueError, ProjectError) as exc:
+            return self._notify(str(exc), "error")
+        config = LearnConfig(iterations=self.iterations.value())
+        self.progress.setRange(0, config.iterations)
+        self.progress.setValue(0)
+        self.report.setText("")
+        threads = self.threads.value()
+
+        def run():
+            import torch
+
+            torch.set_num_threads(threads)
+            return self.session.learn(name, is_thing, examples, config, color=color, callback=self._on_progress,
+                                      cancel=self._aborted, save_to=self._model_folder, context=context)
+
+        self._start(run, on_done=self._on_learned, state=State.LEARNING)
+
+    def _context_planes(self, annotated: set, limit: int = 8) -> list:
+        """The current planes of other open image layers (at most `limit`): Learn takes what the model
+        already knows confidently there as "not the new class"."""
+        from napari.layers import Image
+
+        out = []
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Image) or len(out) >= limit:
+                continue
+            index = self._shown_plane(layer)
+            if annotations.plane_identity(layer.data[index]) in annotated:
+                continue
+            try:
+                out += [plane for _, plane in planes_of(layer.data, layer.rgb, index, layer.contrast_limits)]
+            except LayerInputError:
+                continue  # a layer the model cannot read is simply not used
+        return out
+
+    @ensure_main_thread
+    def _on_progress(self, p) -> None:
+        if not self._alive:
+            return
+        self.progress.setValue(p.iteration)
+        self.progress_label.setText(f"{p.iteration}/{p.total} iterations · loss {p.loss:.3g} · "
+                                    f"{p.seconds:.0f} s, about {p.eta_seconds:.0f} s left")
+
+    def _on_learned(self, result) -> None:
+        self.last_learn = result
+        if result.state == RunState.CANCELLED:
+            self.progress_label.setText("cancelled: the model is exactly as before")
+            self._notify("Learning cancelled; the model is unchanged")
+        else:
+            name = self.session.classes[result.class_id - 1].name
+            how = "a dense step" if result.delta is None else f"δ = {result.delta:g}"
+            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s ({how}).{_report(result)}")
+            self._notify(f"Learned {name!r} in {result.seconds:.0f} s")
+        self._refresh_model()
+        QTimer.singleShot(0, self._repredict)
+
+
+
+def _report(result) -> str:
+    """What the step changed, on the painted images and, separately, on the other open images."""
+    lines = []
+    if result.old_pixels_unchanged is not None:
+        lines.append(f"Painted images: old classes unchanged on {100 * result.old_pixels_unchanged:.1f}% of "
+                     "the pixels outside the new class.")
+    o = result.others
+    if o is not None:
+        lines.append(f"Other open images ({o.images}, not painted): old classes unchanged on {100 * o.unchanged:.1f}% "
+                     f"of the pixels outside the new class; the new class took {100 * o.claimed:.1f}%.")
+    return "".join(f"<br>{line}" for line in lines)
+
+
+def _next_class_color(session, project):
+    """A colour for a new class unlike every class of the model and of the project (the model learns
+    the class in the colour the project holds for it)."""
+    from model.network.classes import distinct_color
+
+    taken = [c.color for c in session.classes] if session is not None else []
+    return distinct_color(taken + [tuple(c["color"]) for c in project.categories])
