@@ -201,3 +201,28 @@ def test_look_alikes_are_the_old_classes_on_the_painted_pixels_however_unsure():
     _, extra = old_class_negatives([example], [ref], [np.zeros((20, 20, 3), np.uint8)], [ref], [4, 6])
     negatives = extra[0].background
     assert negatives[10:15].all() and not negatives[15:].any()  # sure class 2 is taught as "not it"; 4 never
+
+
+def test_large_painted_images_train_as_crops_around_the_painting(model):
+    from model.interactive.crops import centre_crop, crop_to_painting
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((1100, 900, 3)) * 255).astype(np.uint8)
+    instances = np.zeros((1100, 900), np.int32)
+    instances[20:60, 30:70] = 1  # top left
+    instances[40:70, 200:240] = 2  # near it: the same window
+    instances[1000:1050, 800:860] = 3  # far away: a window of its own
+    background = np.zeros((1100, 900), bool)
+    background[600:610, 400:500] = True  # painted background needs a window too
+    crops = crop_to_painting([Example(image, instances, background)], side=256)
+    assert len(crops) == 3 and all(max(c.instances.shape) <= 256 for c in crops)
+    assert sorted(int(c.instances.max()) for c in crops) == [0, 2, 3]
+    assert sum(int((c.instances > 0).sum()) for c in crops) == int((instances > 0).sum())  # all painted, once
+    assert sum(int(c.background.sum()) for c in crops) == int(background.sum())
+    small = Example(image[:200, :200], instances[:200, :200])
+    assert crop_to_painting([small], side=256) == [small]
+    assert centre_crop(image, 256).shape == (256, 256, 3)
+
+    result = learn_class(model, "blob", True, [Example(image, instances, background)],
+                         replace(DENSE, iterations=3, max_side=256))
+    assert result.state == "done" and model.num_steps == 1

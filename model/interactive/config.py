@@ -48,6 +48,8 @@ class LearnConfig:
     snap_iou: float = 0.5
     min_area_fraction: float = 0.5  # thing segments below this share of the smallest painted instance go
     augment_variants: int = 4
+    # Painted images larger than this (either side) train as crops of this size around the painting.
+    max_side: int = 512
     seed: int = 0
     augment: AugmentConfig = field(default_factory=learn)  # scale, every rotation and flip, mild colour jitter
 

@@ -23,6 +23,7 @@ from ..training.criterion import LossConfig
 from ..training.engine import TrainConfig, train
 from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult, OtherImages
+from .crops import centre_crop, crop_to_painting
 
 # Where the model, before the step, holds a pixel with at least this probability (score x mask), that pixel
 # is taken as its old class: a negative for a dense step, on unpainted pixels and on context images.
@@ -160,8 +161,10 @@ def learn_class(
     check_examples(examples)
     if name.strip() in {c.name for c in model.classes}:
         raise ValueError(f"a class named {name.strip()!r} already exists")
+    # Large images: crops around what was painted (and the middle of large context images).
+    examples = crop_to_painting(examples, config.max_side)
+    context = [centre_crop(c, config.max_side) for c in context]
     reference = [model.predict(e.image) for e in examples]
-    context = list(context)
     context_refs = [model.predict(c) for c in context]  # before the step: for negatives and the report
     colors = None if color is None else [color]
     dense = config.learner == "dense"

@@ -1,0 +1,66 @@
+"""Large painted images become crops around what was painted, so Learn's memory and time follow the
+painting, not the image: a 4000x4000 photo with a few painted cells trains on a few 512x512 windows,
+at full resolution (resizing would shrink the cells out of the features' reach)."""
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .config import Example
+
+
+def _windows(painted: np.ndarray, side: int) -> list[tuple[int, int, int, int]]:
+    """Windows (y0, y1, x0, x1) of at most side x side covering every painted pixel: greedily, one
+    centred on the first painted part not yet covered, until none is left."""
+    h, w = painted.shape
+    labels, n = ndimage.label(painted)
+    boxes = ndimage.find_objects(labels)
+    covered = np.zeros(n, bool)
+    out = []
+    for k, box in enumerate(boxes):
+        if covered[k]:
+            continue
+        cy, cx = (box[0].start + box[0].stop) // 2, (box[1].start + box[1].stop) // 2
+        y0 = int(np.clip(cy - side // 2, 0, max(h - side, 0)))
+        x0 = int(np.clip(cx - side // 2, 0, max(w - side, 0)))
+        window = (y0, min(y0 + side, h), x0, min(x0 + side, w))
+        out.append(window)
+        for j, other in enumerate(boxes):  # parts inside this window need no window of their own
+            if (other[0].start >= window[0] and other[0].stop <= window[1] and other[1].start >= window[2]
+                    and other[1].stop <= window[3]):
+                covered[j] = True
+        covered[k] = True  # a part larger than the window is taken around its centre
+    return out
+
+
+def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
+    """Examples larger than side x side replaced by crops around their painted pixels (instances and
+    painted background); smaller ones unchanged. Instances keep their labels within each crop."""
+    out = []
+    for e in examples:
+        image, instances = np.asarray(e.image), np.asarray(e.instances)
+        h, w = instances.shape
+        if max(h, w) <= side:
+            out.append(e)
+            continue
+        painted = instances > 0
+        if e.background is not None:
+            painted = painted | np.asarray(e.background, bool)
+        channels_first = image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] not in (3, 4)
+        for y0, y1, x0, x1 in _windows(painted, side):
+            crop = image[:, y0:y1, x0:x1] if channels_first else image[y0:y1, x0:x1]
+            background = None if e.background is None else np.asarray(e.background)[y0:y1, x0:x1]
+            out.append(Example(crop, instances[y0:y1, x0:x1], background))
+    return out
+
+
+def centre_crop(image, side: int):
+    """The central side x side window of an image larger than that (context images), else the image."""
+    array = np.asarray(image)
+    channels_first = array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] not in (3, 4)
+    h, w = array.shape[1:3] if channels_first else array.shape[:2]
+    if max(h, w) <= side:
+        return image
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return array[:, y0 : y0 + side, x0 : x0 + side] if channels_first else array[y0 : y0 + side, x0 : x0 + side]
