@@ -30,7 +30,8 @@ from model.data.scenes import SCENE_CLASSES, generate_scene
 from model.evaluation.deltas import select_deltas
 from model.evaluation.evaluate import evaluate
 from model.interactive.config import Example, LearnConfig
-from model.interactive.learn import _labelled, learn_class
+from model.interactive.examples import labelled as labelled_example
+from model.interactive.learn import learn_class
 from model.io.atomic import atomic_write_json, atomic_write_text
 from model.io.model_files import load_model
 from model.training.progress import RunState
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     final_deltas = model.deltas
 
     # Curve: each snapshot gets Learn's delta selection (timed) and is scored on the held-out scenes.
-    labelled = [_labelled(e, new_id) for e in examples]
+    labelled = [labelled_example(e, [new_id]) for e in examples]
     group, final_state = model.groups[-1], {k: v.clone() for k, v in model.groups[-1].state_dict().items()}
     curve = []
     for seconds, iteration, state in snapshots:

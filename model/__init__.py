@@ -31,6 +31,10 @@ _EXPORTS = {
     "CheckpointError": "model.io.tensor_files",
     # teaching a class
     "learn_class": "model.interactive.learn",
+    "learn_classes": "model.interactive.learn",
+    "refine_last_step": "model.interactive.learn",
+    "NewClass": "model.interactive.config",
+    "TileConfig": "model.network.tiled",
     "Example": "model.interactive.config",
     "LearnConfig": "model.interactive.config",
     "LearnResult": "model.interactive.config",

@@ -148,13 +148,13 @@ def test_partial_painting_teaches_only_what_it_says(model):
 
 
 def test_unknown_pixels_get_no_target():
-    from model.interactive.learn import ExampleSet
+    from model.interactive.examples import ExampleSet
     from model.training.dense import UNKNOWN, dense_targets
 
     image, instances = _blobs(0, count=4, size=48)
     strokes = np.zeros(instances.shape, bool)
     strokes[:2] = True
-    full, partial = (ExampleSet([Example(image, instances, bg)], 3, True, None, with_background=True)
+    full, partial = (ExampleSet([Example(image, instances, bg)], [3], [True], None, with_background=True)
                      for bg in (None, strokes))
     labels_full, distance = dense_targets(full.sample(0, 0)[1], [3], (48, 48))
     labels_partial, _ = dense_targets(partial.sample(0, 0)[1], [3], (48, 48))
@@ -184,7 +184,7 @@ def test_a_failure_after_the_step_is_added_leaves_the_model_as_before(model, mon
 def test_look_alikes_are_the_old_classes_on_the_painted_pixels_however_unsure():
     from types import SimpleNamespace
 
-    from model.interactive.learn import find_look_alikes, old_class_negatives
+    from model.interactive.negatives import find_look_alikes, old_class_negatives
 
     instances = np.zeros((20, 20), np.int32)
     instances[:10, :10] = 1
@@ -226,3 +226,65 @@ def test_large_painted_images_train_as_crops_around_the_painting(model):
     result = learn_class(model, "blob", True, [Example(image, instances, background)],
                          replace(DENSE, iterations=3, max_side=256))
     assert result.state == "done" and model.num_steps == 1
+
+
+def test_several_classes_learn_in_one_step_and_paintings_of_one_image_merge(model):
+    from model import NewClass
+    from model.interactive.examples import merge_classes
+    from model.interactive.learn import learn_classes
+
+    image, blobs = _blobs(0, count=12)  # two rows of blobs at the top
+    sky = np.zeros(blobs.shape, np.int32)
+    sky[60:] = 1  # the bottom: a stuff class painted on the same image
+    image[60:] = (40, 90, 250)
+    merged = merge_classes([NewClass("blob", True, [Example(image, blobs)]),
+                            NewClass("sky", False, [Example(image, sky)])])
+    assert len(merged) == 1  # one image, two classes
+    tags = merged[0].instance_classes
+    assert sorted(set(tags.values())) == [0, 1] and list(tags.values()).count(1) == 1 and len(tags) == 13
+    result = learn_classes(model, [NewClass("blob", True, [Example(image, blobs)]),
+                                   NewClass("sky", False, [Example(image, sky)])], DENSE)
+    assert model.num_steps == 1 and [c.name for c in model.groups[-1].classes] == ["blob", "sky"]
+    assert result.class_ids == [3, 4]
+    found = {s.category_id for s in model.predict(image).segments}
+    assert {3, 4} <= found
+
+
+def _state_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refine_retrains_the_newest_step_and_cancel_or_failure_put_it_back(model, monkeypatch):
+    from model import NewClass
+    from model.interactive import learn as learn_module
+    from model.interactive.learn import refine_last_step
+
+    base = _state_of(model)
+    image, instances = _blobs(0, count=6)
+    learn_class(model, "blob", True, [Example(image, instances)], replace(DENSE, iterations=20))
+    learned, rule = _state_of(model), model.groups[-1].rule
+    more = [Example(image, instances), Example(*_blobs(1))]  # painted more
+    # Cancel: the step exactly as learned.
+    result = refine_last_step(model, [NewClass("blob", True, more)], DENSE, cancel=lambda: True)
+    assert result.state == "cancelled" and _same(learned, _state_of(model)) and model.groups[-1].rule == rule
+    # A failure in the report: the same.
+    real = learn_module.old_predictions_unchanged
+    monkeypatch.setattr(learn_module, "old_predictions_unchanged", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        refine_last_step(model, [NewClass("blob", True, more)], DENSE)
+    assert _same(learned, _state_of(model)) and model.num_steps == 1
+    monkeypatch.setattr(learn_module, "old_predictions_unchanged", real)
+    # Refine: the same step, retrained from where it was; the base untouched; undo exact.
+    result = refine_last_step(model, [NewClass("blob", True, more)], replace(DENSE, iterations=20))
+    assert result.state == "done" and result.refined and model.num_steps == 1
+    refined = _state_of(model)
+    assert not _same(learned, refined)
+    assert all(torch.equal(refined[k], v) for k, v in base.items())  # old tensors bit-identical
+    with pytest.raises(ValueError, match="exactly those classes"):
+        refine_last_step(model, [NewClass("other", True, more)], DENSE)
+    model.remove_last_step()
+    assert _same(base, _state_of(model))

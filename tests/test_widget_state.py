@@ -95,3 +95,45 @@ def test_threads_apply_to_predict(make_napari_viewer, qtbot, tmp_path):
         widget.threads.setValue(threads)
         predict(widget, qtbot, "scene 1")
     assert seen == [1, 2]
+
+
+def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make_napari_viewer, qtbot, tmp_path):
+    from eclipse_napari.plugin.sample_data import class_instances
+
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2))
+    base = {k: v.clone() for k, v in widget.session.model.state_dict().items()}
+    widget.class_name.setText("sand")
+    widget.class_kind.setCurrentText("stuff")
+    widget.image_choice.setCurrentText("scene 1")
+    widget.add_annotation_layer().data = class_instances(1, "sand")
+    widget.class_name.setText("patch")
+    widget.class_kind.setCurrentText("thing")
+    patch = np.zeros((256, 256), np.int32)
+    patch[10:40, 10:40], patch[200:230, 20:50] = 1, 2
+    widget.add_annotation_layer().data = patch
+    widget.flush_annotations()
+    widget.iterations.setValue(20)
+    widget.learn()
+    wait_ready(widget, qtbot, timeout=300_000)
+    model = widget.session.model
+    assert widget.last_learn.state == "done", widget.last_message
+    assert model.num_steps == 1 and [c.name for c in model.groups[-1].classes] == ["sand", "patch"]
+    assert "sand, patch" in widget.report.text()
+    learned = {k: v.clone() for k, v in model.state_dict().items()}
+
+    widget.image_choice.setCurrentText("scene 2")  # paint more of the newest step's class, then Refine
+    layer = widget.add_annotation_layer()
+    assert layer is not None, widget.last_message
+    layer.data = patch
+    widget.flush_annotations()
+    assert widget.refine_button.isEnabled()
+    widget.refine()
+    wait_ready(widget, qtbot, timeout=300_000)
+    assert widget.last_learn.refined and model.num_steps == 1, widget.last_message
+    assert "Refined" in widget.report.text()
+    after = model.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in learned.items())
+    assert widget.undo()
+    wait_ready(widget, qtbot)
+    state = widget.session.model.state_dict()
+    assert state.keys() == base.keys() and all(torch.equal(state[k], v) for k, v in base.items())

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.interactive.config import Example, LearnConfig, LearnResult
-from model.interactive.learn import learn_class
+from model.interactive.config import Example, LearnConfig, LearnResult, NewClass
+from model.interactive.learn import learn_classes, refine_last_step
 from model.io.model_files import load_model, load_step, save_model, save_step
 from model.network.eclipse import EclipseModel
 from model.network.tiled import TileConfig
@@ -113,28 +113,30 @@ class Session:
             return out
 
     # ----------------------------------------------------------------- changing steps
-    def learn(
-        self,
-        name: str,
-        is_thing: bool,
-        examples: list[Example],
-        config: LearnConfig | None = None,
-        *,
-        color=None,
-        callback: Callable[[Progress], None] | None = None,
-        cancel: Callable[[], bool] | None = None,
-        save_to: Path | None = None,
-        context: list[np.ndarray] = (),
-    ) -> LearnResult:
-        """Adds a step for one new class; cancel or an error leaves the model exactly as it was.
+    def learn(self, name: str, is_thing: bool, examples: list[Example], config: LearnConfig | None = None, *,
+              color=None, **kwargs) -> LearnResult:
+        """Adds a step for one new class (see `learn_classes`)."""
+        return self.learn_classes([NewClass(name, is_thing, list(examples), color)], config, **kwargs)
+
+    def learn_classes(self, classes: list[NewClass], config: LearnConfig | None = None, **kwargs) -> LearnResult:
+        """Adds one step for new classes; cancel or an error leaves the model exactly as it was.
         `context`: other images open (unpainted), where what the model already knows is not the class."""
-        name, config = name.strip(), config or LearnConfig()
-        if not name:
+        return self._train(learn_classes, classes, config, **kwargs)
+
+    def refine(self, classes: list[NewClass], config: LearnConfig | None = None, **kwargs) -> LearnResult:
+        """Retrains the newest step on its classes' painting (warm start); cancel or an error puts it back."""
+        return self._train(refine_last_step, classes, config, **kwargs)
+
+    def _train(self, how, classes, config, *, callback: Callable[[Progress], None] | None = None,
+               cancel: Callable[[], bool] | None = None, save_to: Path | None = None,
+               context: list[np.ndarray] = ()) -> LearnResult:
+        classes = [NewClass(c.name.strip(), c.is_thing, c.examples, c.color) for c in classes]
+        if any(not c.name for c in classes):
             raise ValueError("give the new class a name first")
         with self._exclusive("learn"):
             start = time.perf_counter()
-            result = learn_class(self.model, name, is_thing, examples, config, context=list(context), color=color,
-                                 device=self.device, callback=callback, cancel=cancel)
+            result = how(self.model, classes, config or LearnConfig(), context=list(context), device=self.device,
+                         callback=callback, cancel=cancel)
             self.model.eval()
             if result.state == RunState.DONE and save_to is not None:
                 self._save(save_to)

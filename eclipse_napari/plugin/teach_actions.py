@@ -18,11 +18,15 @@ from .state import State
 class TeachActions:
     # ================================================================= teach
     def _new_class(self) -> tuple[str, bool]:
+        """The class typed: a new one, or one of the newest step's (painted more, to Refine)."""
         name = self.class_name.text().strip()
         if not name:
             raise ValueError("type a name for the new class first")
         if self.session is not None and name in {c.name for c in self.session.classes}:
-            raise ValueError(f"the model already knows a class named {name!r}: choose another name")
+            model = self.session.model
+            if model.num_steps == 0 or name not in {c.name for c in model.groups[-1].classes}:
+                raise ValueError(f"the model already knows a class named {name!r}: choose another name (only "
+                                 "the newest step's classes can be painted more, to Refine)")
         return name, self.class_kind.currentText() == "thing"
 
     def add_annotation_layer(self, kind: str = annotations.INSTANCES):
@@ -77,20 +81,56 @@ class TeachActions:
             self.teach_info.setText(annotations.summary(self.project, name))
 
     # ================================================================= learn
+    def _painted(self, names) -> list:
+        """A NewClass per name, with its annotations from the project and the project's kind and colour."""
+        from model.interactive.config import NewClass
+
+        categories = {c["name"]: c for c in self.project.categories}
+        out = []
+        for name in names:
+            stored = annotations.examples(self.project, name)
+            if not any(a.instances.any() for a in stored):
+                raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
+            c = categories[name]
+            out.append(NewClass(name, bool(c["isthing"]), [Example(a.image, a.instances, a.background) for a in stored],
+                                tuple(c["color"])))
+        return out
+
+    def _unlearned(self) -> list[str]:
+        """Classes painted in the project that the model does not know yet, in the project's order."""
+        known = {c.name for c in self.session.classes}
+        return [c["name"] for c in self.project.categories if c["name"] not in known
+                and any(a.instances.any() for a in annotations.examples(self.project, c["name"]))]
+
     def learn(self) -> None:
+        """Learns every class painted since the last step, in one new step."""
+        self._train(refine=False)
+
+    def refine(self) -> None:
+        """Retrains the newest step on its classes' painting as it is now (more, or corrected)."""
+        self._train(refine=True)
+
+    def _train(self, refine: bool) -> None:
         if self.state != State.READY:
             return self._notify(f"cannot learn now: {self.state.value}", "warning")
         self.flush_annotations()
         try:
-            name, is_thing = self._new_class()
-            stored = annotations.examples(self.project, name)
-            examples = [Example(a.image, a.instances, a.background) for a in stored]
-            if not any(a.instances.any() for a in stored):
-                raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
-            context = self._context_planes({a.image_key for a in stored})
-            category = {c["name"]: c for c in self.project.categories}.get(name)
-            is_thing = bool(category["isthing"]) if category else is_thing
-            color = tuple(category["color"]) if category else None
+            if refine:
+                if self.session.model.num_steps == 0:
+                    raise ValueError("there is no learned step to refine: Learn a class first")
+                names = [c.name for c in self.session.model.groups[-1].classes]
+            else:
+                typed = self.class_name.text().strip()
+                if not typed:
+                    raise ValueError("type a name for the new class first")
+                names = self._unlearned()
+                if not names:
+                    if typed in {c.name for c in self.session.classes}:
+                        raise ValueError(f"{typed!r} is learned already: paint more or correct it, then Refine")
+                    raise ValueError(f"no annotations of {typed!r} yet: click 'Annotate selected image' and paint")
+            classes = self._painted(names)
+            painted = {a.image_key for name in names for a in annotations.examples(self.project, name)}
+            context = self._context_planes(painted)
         except (ValueError, ProjectError) as exc:
             return self._notify(str(exc), "error")
         config = LearnConfig(iterations=self.iterations.value())
@@ -98,13 +138,14 @@ class TeachActions:
         self.progress.setValue(0)
         self.report.setText("")
         threads = self.threads.value()
+        train = self.session.refine if refine else self.session.learn_classes
 
         def run():
             import torch
 
             torch.set_num_threads(threads)
-            return self.session.learn(name, is_thing, examples, config, color=color, callback=self._on_progress,
-                                      cancel=self._aborted, save_to=self._model_folder, context=context)
+            return train(classes, config, callback=self._on_progress, cancel=self._aborted,
+                         save_to=self._model_folder, context=context)
 
         self._start(run, on_done=self._on_learned, state=State.LEARNING)
 
@@ -140,10 +181,12 @@ class TeachActions:
             self.progress_label.setText("cancelled: the model is exactly as before")
             self._notify("Learning cancelled; the model is unchanged")
         else:
-            name = self.session.classes[result.class_id - 1].name
+            names = ", ".join(self.session.classes[i - 1].name for i in result.class_ids)
             how = "a dense step" if result.delta is None else f"δ = {result.delta:g}"
-            self.report.setText(f"Learned <b>{name}</b> in {result.seconds:.0f} s ({how}).{_report(result)}")
-            self._notify(f"Learned {name!r} in {result.seconds:.0f} s")
+            verb = "Refined" if result.refined else "Learned"
+            what = f"{names} (the newest step)" if result.refined else names
+            self.report.setText(f"{verb} <b>{what}</b> in {result.seconds:.0f} s ({how}).{_report(result)}")
+            self._notify(f"{verb} {names} in {result.seconds:.0f} s")
         self._refresh_model()
         QTimer.singleShot(0, self._repredict)
 

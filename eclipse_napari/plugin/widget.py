@@ -105,13 +105,17 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
 
         self.iterations = QSpinBox(minimum=10, maximum=20000, value=LearnConfig().iterations, singleStep=50)
         self.learn_button = button("Learn", self.learn)
+        self.learn_button.setToolTip("learn every class painted since the last step, in one new step")
+        self.refine_button = button("Refine", self.refine)
+        self.refine_button.setToolTip("retrain the newest step on its classes' painting as it is now "
+                                      "(paint more or correct first); Remove last step still undoes it whole")
         self.cancel_button = button("Cancel", self.cancel)
         self.progress = QProgressBar()
         self.progress_label = QLabel("", wordWrap=True)
         self.report = QLabel("", wordWrap=True)
         form = QFormLayout()
         form.addRow("Iterations", self.iterations)
-        learn_box = box("Learn", form, row(self.learn_button, self.cancel_button), self.progress,
+        learn_box = box("Learn", form, row(self.learn_button, self.refine_button, self.cancel_button), self.progress,
                          self.progress_label, self.report)
 
         self.steps = QListWidget(wordWrap=True)
@@ -131,7 +135,7 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
 
     def _update_buttons(self) -> None:
         ready = self.state == State.READY
-        for b in (self.predict_button, self.learn_button, self.undo_button, self.export_button,
+        for b in (self.predict_button, self.learn_button, self.refine_button, self.undo_button, self.export_button,
                   self.import_button, self.save_button, self.load_button):
             b.setEnabled(ready)
         self.load_button.setEnabled(ready or self.state == State.FAILED)  # the way out of a failed load
@@ -140,6 +144,7 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         self.cancel_button.setEnabled(self.state in (State.LEARNING, State.PREDICTING))
         if ready and self.session is not None:
             self.undo_button.setEnabled(self.session.model.num_steps > 0)
+            self.refine_button.setEnabled(self.session.model.num_steps > 0)
             self.export_button.setEnabled(self.session.model.num_steps > 0)
         self.status.setText(f"<b>{self.state.value}</b>")
 

@@ -20,10 +20,22 @@ class Example:
     image: np.ndarray  # [H,W], [H,W,3|4] or [3,H,W], uint8 or float in 0..255
     instances: np.ndarray  # [H,W] integers
     background: np.ndarray | None = None  # [H,W] bool, or None
+    # For a step of several classes: instance id -> index of its class in the step (None: all the first).
+    instance_classes: dict[int, int] | None = None
 
     @property
     def partial(self) -> bool:
         return self.background is not None and bool(np.asarray(self.background).any())
+
+
+@dataclass
+class NewClass:
+    """One class of a step to learn, with its painted examples."""
+
+    name: str
+    is_thing: bool
+    examples: list[Example]
+    color: tuple[int, int, int] | None = None  # None: a colour unlike every class the model has
 
 
 LEARNERS = ("dense", "prompts")
@@ -69,13 +81,15 @@ class LearnConfig:
 @dataclass
 class LearnResult:
     state: RunState  # DONE or CANCELLED (a failure raises)
-    class_id: int | None
+    class_id: int | None  # the step's first class
     delta: float | None
     seconds: float
     losses: list[float]
     old_pixels_unchanged: float | None  # painted images, outside the new class: share whose old prediction held
     delta_table: list[dict] = field(default_factory=list)
     others: "OtherImages | None" = None  # the same on the other open images given as context
+    class_ids: list[int] = field(default_factory=list)  # every class of the step
+    refined: bool = False  # the newest step retrained (warm start), not a new step
 
 
 @dataclass(frozen=True)
