@@ -288,3 +288,23 @@ def test_refine_retrains_the_newest_step_and_cancel_or_failure_put_it_back(model
         refine_last_step(model, [NewClass("other", True, more)], DENSE)
     model.remove_last_step()
     assert _same(base, _state_of(model))
+
+
+def test_delta_choice_at_mask_resolution_merges_from_cached_masks_exactly(model):
+    from model.evaluation.deltas import _nearest, select_deltas
+    from model.interactive.examples import labelled
+    from model.network.eclipse import to_chw_tensor
+
+    examples = _examples()
+    learn_class(model, "sun", True, examples, FAST)
+    raw = model.infer(to_chw_tensor(examples[0].image)[None])
+    size = (12, 12)
+    cached = model.merge(raw, output_size=size, masks=model.resized_masks(raw, 0, size))
+    direct = model.merge(raw, output_size=size)
+    assert torch.equal(cached.panoptic_seg, direct.panoptic_seg) and cached.segments == direct.segments
+    ids = np.arange(48 * 48).reshape(48, 48)
+    assert np.array_equal(_nearest(ids, (12, 12)), ids[2::4, 2::4])  # pixel centres: rows and columns 2, 6, ...
+    reference = [model.predict(e.image) for e in examples]
+    items = [labelled(e, [3]) for e in examples]
+    fast, table = select_deltas(model, items, reference, scale=4)
+    assert len(table) == 48 and fast[-1] in {row["deltas"][-1] for row in table}

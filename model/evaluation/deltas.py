@@ -21,6 +21,7 @@ def select_deltas(
     reference: Sequence[PanopticResult],
     candidates: Sequence[float] = STEP_DELTAS,
     base_candidates: Sequence[float] = BASE_DELTAS,
+    scale: int = 1,
 ) -> tuple[list[float], list[dict]]:
     """Chooses the newest group's delta and the base group's on held-out images of the step (labelled for
     the step's classes only); deltas of intermediate steps stay as they are.
@@ -29,7 +30,8 @@ def select_deltas(
     void, so old-class predictions there are not penalised) and (b) PQ of the old classes against
     `reference`, the previous model's own predictions on the same images with new-class pixels voided:
     the new step should find its classes without disturbing what the model already said elsewhere.
-    Needs no old-class labels, as in the continual protocol. Returns the deltas and a table of scores.
+    Needs no old-class labels, as in the continual protocol. Candidates are scored at 1/`scale` of the
+    image size (4: the masks' own resolution, what Learn uses; 1 = full size, the benchmark's). Returns the deltas and a table of scores.
     """
     if not heldout:
         raise ValueError("delta selection needs at least one held-out image")
@@ -37,10 +39,16 @@ def select_deltas(
     categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
     with torch.no_grad():
         raws = [model.infer(to_chw_tensor(item.image)[None]) for item in heldout]
-    refs = []
-    for item, ref in zip(heldout, reference):
-        labelled_new = np.isin(item.gt_ids, [s["id"] for s in item.gt_segments])
-        ref_ids = np.where(labelled_new, 0, ref.panoptic_seg.numpy())
+    # Every candidate is merged at the masks' own resolution (stride 4), the labels brought there by
+    # nearest sampling; what does not depend on the deltas (the resized masks) is made once per image.
+    sizes = [_mask_size(item.gt_ids.shape, scale) for item in heldout]
+    masks = [model.resized_masks(raw, 0, size) for raw, size in zip(raws, sizes)]
+    labels, refs = [], []
+    for item, ref, size in zip(heldout, reference, sizes):
+        gt_ids = _nearest(item.gt_ids, size)
+        labels.append((gt_ids, [s for s in item.gt_segments if (gt_ids == s["id"]).any()]))
+        labelled_new = np.isin(gt_ids, [s["id"] for s in item.gt_segments])
+        ref_ids = np.where(labelled_new, 0, _nearest(ref.panoptic_seg.numpy(), size))
         refs.append((ref_ids, [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]))
     table = []
     current = model.deltas
@@ -48,10 +56,10 @@ def select_deltas(
         for delta in candidates:
             deltas = [float(base_delta)] + current[1:-1] + [float(delta)]
             new_pq, old_pq = PanopticQuality(categories), PanopticQuality(categories)
-            for item, raw, (ref_ids, ref_segments) in zip(heldout, raws, refs):
-                result = model.merge(raw, deltas=deltas)
+            for (gt_ids, gt_segments), raw, m, size, (ref_ids, ref_segments) in zip(labels, raws, masks, sizes, refs):
+                result = model.merge(raw, deltas=deltas, output_size=size, masks=m)
                 pred_ids, segments = result.panoptic_seg.numpy(), segments_as_dicts(result)
-                new_pq.update(item.gt_ids, item.gt_segments, *_only(pred_ids, segments, new_ids, keep=True))
+                new_pq.update(gt_ids, gt_segments, *_only(pred_ids, segments, new_ids, keep=True))
                 old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments, new_ids, keep=False))
             score_new = _mean_pq(new_pq, sorted(new_ids))
             score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
@@ -61,6 +69,18 @@ def select_deltas(
     best = max(table, key=lambda row: (row["score"], -abs(row["deltas"][-1] - DEFAULT_STEP_DELTA)
                                        - abs(row["deltas"][0] - DEFAULT_BASE_DELTA)))
     return best["deltas"], table
+
+
+def _mask_size(shape, scale: int) -> tuple[int, int]:
+    return max(1, -(-shape[0] // scale)), max(1, -(-shape[1] // scale))
+
+
+def _nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An id map brought to `size` by nearest sampling (pixel centres)."""
+    h, w = ids.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
+    return ids[rows][:, cols]
 
 
 def _only(ids: np.ndarray, segments: list[dict], class_ids: set, keep: bool) -> tuple[np.ndarray, list[dict]]:

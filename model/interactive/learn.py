@@ -193,7 +193,8 @@ class _Prepared:
         model.eval()
         table = []
         if not self.dense:
-            deltas, table = select_deltas(model, [labelled(e, class_ids) for e in self.examples], self.reference)
+            deltas, table = select_deltas(model, [labelled(e, class_ids) for e in self.examples], self.reference,
+                                          scale=4)  # scored at the masks' resolution: seconds, not minutes
             model.set_deltas(deltas)
         unchanged = old_predictions_unchanged(model, self.examples, self.reference, class_ids)
         others = other_images_report(model, self.context, self.context_refs, class_ids) if self.context else None

@@ -215,13 +215,17 @@ class EclipseModel(nn.Module):
         output_size: tuple[int, int] | None = None,
         object_threshold: float = 0.0,
         overlap_threshold: float = 0.0,
+        masks: torch.Tensor | None = None,
     ) -> PanopticResult:
         """Panoptic result of image `index` of an inference, after logit manipulation with `deltas`
-        (default: the model's own); then each dense step's segments are laid over it, in step order."""
+        (default: the model's own); then each dense step's segments are laid over it, in step order.
+        `masks`: this image's mask logits already resized to `output_size` (`resized_masks`), for
+        merging one inference with many deltas."""
         deltas = self.deltas if deltas is None else [float(d) for d in deltas]
         logits = self._manipulate(raw.logits[index : index + 1], deltas)[0]
         size = output_size or raw.image_size
-        masks = resize_mask_logits(raw.mask_logits[index], raw.padded_size, raw.image_size, size)
+        if masks is None:
+            masks = self.resized_masks(raw, index, size)
         is_thing = torch.tensor([c.is_thing for c in self.classes])
         result = panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
         dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
@@ -234,6 +238,11 @@ class EclipseModel(nn.Module):
                                       query_masks)
             paint_segments(result, segments, self.class_ids(t), [c.is_thing for c in g.classes])
         return result
+
+    @staticmethod
+    def resized_masks(raw: RawPrediction, index: int, size) -> torch.Tensor:
+        """Image `index`'s query mask logits at `size` (what `merge` works on)."""
+        return resize_mask_logits(raw.mask_logits[index], raw.padded_size, raw.image_size, tuple(size))
 
     def _manipulate(self, logits: torch.Tensor, deltas: list[float]) -> torch.Tensor:
         """Logit manipulation among the query groups only, as if dense steps were not there (they make
