@@ -308,3 +308,14 @@ def test_delta_choice_at_mask_resolution_merges_from_cached_masks_exactly(model)
     items = [labelled(e, [3]) for e in examples]
     fast, table = select_deltas(model, items, reference, scale=4)
     assert len(table) == 48 and fast[-1] in {row["deltas"][-1] for row in table}
+
+
+def test_the_report_keeps_other_open_images_apart(model):
+    image, instances = _blobs(0)
+    others = [_blobs(2)[0], np.full((64, 64, 3), 30, np.uint8)]
+    result = learn_class(model, "blob", True, [Example(image, instances)], replace(DENSE, iterations=30),
+                         context=others)
+    o = result.others
+    assert o is not None and o.images == 2
+    assert 0.0 <= o.unchanged <= 1.0 and 0.0 < o.claimed <= 1.0  # the blob image holds the class too
+    assert result.old_pixels_unchanged is not None

@@ -119,6 +119,7 @@ def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make
     assert widget.last_learn.state == "done", widget.last_message
     assert model.num_steps == 1 and [c.name for c in model.groups[-1].classes] == ["sand", "patch"]
     assert "sand, patch" in widget.report.text()
+    assert "Painted images:" in widget.report.text() and "Other open images (1, not painted)" in widget.report.text()
     learned = {k: v.clone() for k, v in model.state_dict().items()}
 
     widget.image_choice.setCurrentText("scene 2")  # paint more of the newest step's class, then Refine
