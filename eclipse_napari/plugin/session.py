@@ -130,9 +130,6 @@ class Session:
     def _train(self, how, classes, config, *, callback: Callable[[Progress], None] | None = None,
                cancel: Callable[[], bool] | None = None, save_to: Path | None = None,
                context: list[np.ndarray] = ()) -> LearnResult:
-        classes = [NewClass(c.name.strip(), c.is_thing, c.examples, c.color) for c in classes]
-        if any(not c.name for c in classes):
-            raise ValueError("give the new class a name first")
         with self._exclusive("learn"):
             start = time.perf_counter()
             result = how(self.model, classes, config or LearnConfig(), context=list(context), device=self.device,

@@ -81,12 +81,13 @@ class TeachActions:
             self.teach_info.setText(annotations.summary(self.project, name))
 
     # ================================================================= learn
-    def _painted(self, names) -> list:
-        """A NewClass per name, with its annotations from the project and the project's kind and colour."""
+    def _painted(self, names) -> tuple[list, set]:
+        """A NewClass per name, with its annotations from the project and the project's kind and colour;
+        and the keys of the images they were painted on."""
         from model.interactive.config import NewClass
 
         categories = {c["name"]: c for c in self.project.categories}
-        out = []
+        out, keys = [], set()
         for name in names:
             stored = annotations.examples(self.project, name)
             if not any(a.instances.any() for a in stored):
@@ -94,13 +95,14 @@ class TeachActions:
             c = categories[name]
             out.append(NewClass(name, bool(c["isthing"]), [Example(a.image, a.instances, a.background) for a in stored],
                                 tuple(c["color"])))
-        return out
+            keys |= {a.image_key for a in stored}
+        return out, keys
 
     def _unlearned(self) -> list[str]:
         """Classes painted in the project that the model does not know yet, in the project's order."""
         known = {c.name for c in self.session.classes}
-        return [c["name"] for c in self.project.categories if c["name"] not in known
-                and any(a.instances.any() for a in annotations.examples(self.project, c["name"]))]
+        painted = {a.class_name for a in self.project.annotations() if a.instances.any()}
+        return [c["name"] for c in self.project.categories if c["name"] not in known and c["name"] in painted]
 
     def learn(self) -> None:
         """Learns every class painted since the last step, in one new step."""
@@ -128,8 +130,7 @@ class TeachActions:
                     if typed in {c.name for c in self.session.classes}:
                         raise ValueError(f"{typed!r} is learned already: paint more or correct it, then Refine")
                     raise ValueError(f"no annotations of {typed!r} yet: click 'Annotate selected image' and paint")
-            classes = self._painted(names)
-            painted = {a.image_key for name in names for a in annotations.examples(self.project, name)}
+            classes, painted = self._painted(names)
             context = self._context_planes(painted)
         except (ValueError, ProjectError) as exc:
             return self._notify(str(exc), "error")

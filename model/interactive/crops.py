@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..network.tiled import crop_image, image_size
 from .config import Example
 
 
@@ -47,9 +48,8 @@ def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
         painted = instances > 0
         if e.background is not None:
             painted = painted | np.asarray(e.background, bool)
-        channels_first = image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] not in (3, 4)
         for y0, y1, x0, x1 in _windows(painted, side):
-            crop = image[:, y0:y1, x0:x1] if channels_first else image[y0:y1, x0:x1]
+            crop = crop_image(image, y0, y1, x0, x1)
             background = None if e.background is None else np.asarray(e.background)[y0:y1, x0:x1]
             out.append(Example(crop, instances[y0:y1, x0:x1], background, e.instance_classes))
     return out
@@ -57,10 +57,8 @@ def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
 
 def centre_crop(image, side: int):
     """The central side x side window of an image larger than that (context images), else the image."""
-    array = np.asarray(image)
-    channels_first = array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] not in (3, 4)
-    h, w = array.shape[1:3] if channels_first else array.shape[:2]
+    h, w = image_size(image)
     if max(h, w) <= side:
         return image
     y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return array[:, y0 : y0 + side, x0 : x0 + side] if channels_first else array[y0 : y0 + side, x0 : x0 + side]
+    return crop_image(np.asarray(image), y0, y0 + side, x0, x0 + side)

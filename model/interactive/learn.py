@@ -54,11 +54,7 @@ def learn_classes(
     taken = sorted(n for n in names if n in known)
     if taken:
         raise ValueError(f"a class named {taken[0]!r} already exists")
-    colors = None if all(c.color is None for c in classes) else [c.color for c in classes]
-    if colors is not None and any(c is None for c in colors):
-        from ..network.classes import distinct_color
-
-        colors = [c if c is not None else distinct_color([x.color for x in model.classes]) for c in colors]
+    colors = [c.color for c in classes]  # None: the model picks a colour unlike its classes
     prepared = _Prepared(model, classes, config, context)
     dense = config.learner == "dense"
     if dense:

@@ -132,11 +132,16 @@ class EclipseModel(nn.Module):
 
     def _new_classes(self, class_names, is_thing, colors) -> list[ClassSpec]:
         known = {c.name for c in self.classes}
-        if colors is None:  # each new class looks unlike every class before it
-            colors, taken = [], [c.color for c in self.classes]
-            for _ in list(class_names):
-                colors.append(distinct_color(taken))
-                taken.append(colors[-1])
+        class_names = list(class_names)
+        # A class given no colour (None, or no colours at all) looks unlike every class before it.
+        given = list(colors) if colors is not None else [None] * len(class_names)
+        if any(c is None for c in given) and len(given) == len(class_names):
+            taken = [c.color for c in self.classes] + [c for c in given if c is not None]
+            colors = []
+            for c in given:
+                colors.append(c if c is not None else distinct_color(taken))
+                if c is None:
+                    taken.append(colors[-1])
         classes = make_classes(class_names, is_thing, colors, start_index=self.num_classes)
         names = [c.name for c in classes]
         duplicates = sorted({n for n in names if n in known or names.count(n) > 1})

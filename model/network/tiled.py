@@ -116,18 +116,19 @@ def _link(parts: _Parts, a: np.ndarray, b: np.ndarray, min_iou: float) -> None:
             parts.join(i, j)
 
 
-def _crop_of(image) -> Callable[[Tile], object]:
-    """Cropping for the image layouts `EclipseModel.predict` takes ([H,W], [H,W,C] or [3,H,W])."""
+def _channels_first(image) -> bool:
     shape = tuple(image.shape)
-    channels_first = len(shape) == 3 and shape[0] == 3 and shape[-1] not in (3, 4)
-    if channels_first:
-        return lambda t: image[:, t.y0 : t.y1, t.x0 : t.x1]
-    return lambda t: image[t.y0 : t.y1, t.x0 : t.x1]
+    return len(shape) == 3 and shape[0] == 3 and shape[-1] not in (3, 4)
+
+
+def crop_image(image, y0: int, y1: int, x0: int, x1: int):
+    """A window of an image in any layout `EclipseModel.predict` takes ([H,W], [H,W,C] or [3,H,W])."""
+    return image[:, y0:y1, x0:x1] if _channels_first(image) else image[y0:y1, x0:x1]
 
 
 def image_size(image) -> tuple[int, int]:
     shape = tuple(image.shape)
-    if len(shape) == 3 and shape[0] == 3 and shape[-1] not in (3, 4):
+    if _channels_first(image):
         return shape[1], shape[2]
     if len(shape) not in (2, 3):
         raise ValueError(f"expected an image of shape [H,W], [H,W,3], [H,W,4] or [3,H,W], got {shape}")
@@ -145,7 +146,6 @@ def predict_tiled(
     `progress(done, total)` after each tile; None when `cancel()` turned true before a tile."""
     height, width = image_size(image)
     tiles = tile_grid(height, width, config)
-    crop = _crop_of(image)
     columns = len({t.x0 for t in tiles})
     panoptic = np.zeros((height, width), np.int32)  # provisional part ids
     confidence = np.zeros((height, width), np.float32)
@@ -154,7 +154,7 @@ def predict_tiled(
     for n, tile in enumerate(tiles):
         if cancel is not None and cancel():
             return None
-        result = predict_tile(crop(tile))
+        result = predict_tile(crop_image(image, tile.y0, tile.y1, tile.x0, tile.x1))
         local = result.panoptic_seg.cpu().numpy()
         table = np.zeros(int(local.max(initial=0)) + 1, np.int32)
         for s in result.segments:
