@@ -122,3 +122,22 @@ def test_no_forgetting_by_construction():
         assert torch.equal(after.mask_embeds[i][:, :old_queries], before.mask_embeds[i])
         assert torch.equal(after.logits[i][:, :old_queries, :cols_before], before.logits[i][:, :, :cols_before])
     assert torch.equal(after.mask_logits(mask_features)[:, :old_queries], before.mask_logits(mask_features))
+
+
+def test_decoding_from_the_prepared_memory_is_exact():
+    """Continual training keeps the decoder's projected memory per image; decoding from it gives exactly
+    what decoding from the features does."""
+    from model.network.decoder import DecoderMemory
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), _names("base", 3), [True, True, False]).eval()
+    model.add_step(_names("new", 2), [True, False], 3)
+    with torch.no_grad():
+        mask_features, memories = model.encode(model.preprocess(torch.rand(2, 3, 64, 64) * 255)[0])
+        direct = model.decode(mask_features, memories)
+        prepared = DecoderMemory.cat([model.decoder.prepare([m[i : i + 1] for m in memories], mask_features[i : i + 1])
+                                      for i in range(2)])
+        cached = model.decode(mask_features, None, prepared=prepared)
+    for i in range(direct.num_predictions):
+        torch.testing.assert_close(cached.class_logits(i), direct.class_logits(i), rtol=0, atol=1e-6)
+        torch.testing.assert_close(cached.mask_embeds[i], direct.mask_embeds[i], rtol=0, atol=1e-6)

@@ -65,6 +65,28 @@ def test_step_t_uses_the_cache_and_trains_only_the_step(base_model):
     assert progress[-1].state == "done" and progress[-1].eta_seconds == 0
 
 
+def test_step_t_trains_the_same_from_the_cache_as_without_it(base_model):
+    """The cache keeps frozen features, the decoder's projected memory and augmented targets per
+    (image, variant): training from them must be exactly training from freshly computed ones (nothing
+    cached may be changed in place by an iteration)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        other = build_model(tiny_config(), ["square", "bar", "sky"], [True, True, False])
+        other.load_state_dict(base_model.state_dict())
+        runs = []
+        for model, cache_mb in ((base_model, 64), (other, 0)):
+            model.add_step(["disc", "ring"], [True, True], 4)
+            torch.manual_seed(1)  # the step's tensors start alike
+            runs.append(train(model, Shapes((4, 5), count=2), _config(iterations=8, cache_mb=cache_mb)))
+        assert runs[0].cache_hits > 0 and runs[1].cache_hits == 0
+        assert runs[0].losses == runs[1].losses
+        a, b = (dict(m.decoder.groups[1].named_parameters()) for m in (base_model, other))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_resume_continues_exactly(base_model, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # exact comparisons need the same reduction order

@@ -319,3 +319,28 @@ def test_the_report_keeps_other_open_images_apart(model):
     assert o is not None and o.images == 2
     assert 0.0 <= o.unchanged <= 1.0 and 0.0 < o.claimed <= 1.0  # the blob image holds the class too
     assert result.old_pixels_unchanged is not None
+
+
+@pytest.mark.parametrize("learner", ["prompts", "dense"])
+def test_learn_reports_what_predicting_afresh_gives(model, learner):
+    """Learn keeps each image's frozen features and only decodes them again after the step: its report
+    must be what predicting the images afresh gives, for both kinds of step."""
+    from model.interactive.learn import FrozenImages
+
+    examples = _examples()
+    context = [_blobs(2)[0][:48, :48]]
+    before = [model.predict(e.image) for e in examples + [Example(context[0], None)]]
+    config = FAST if learner == "prompts" else replace(DENSE, iterations=20)
+    result = learn_class(model, "sun", True, examples, config, context=context)
+    one = FrozenImages(model, [examples[0].image]).encoded[0].nbytes
+    frozen = FrozenImages(model, [e.image for e in examples] + context, budget_bytes=one)  # one kept
+    assert frozen.encoded[0] is not None and frozen.encoded[1:] == [None, None]
+    for k, image in enumerate([e.image for e in examples] + context):
+        kept, fresh = frozen.predict(model, k), model.predict(image)
+        assert torch.equal(kept.panoptic_seg, fresh.panoptic_seg) and kept.segments == fresh.segments
+    after = [model.predict(e.image).semantic.numpy() for e in examples]
+    outside = [~np.isin(a, result.class_ids) for a in after]
+    same = sum(int((a[o] == b.semantic.numpy()[o]).sum()) for a, b, o in zip(after, before, outside))
+    assert result.old_pixels_unchanged == pytest.approx(same / sum(int(o.sum()) for o in outside))
+    after_context = model.predict(context[0]).semantic.numpy()
+    assert result.others.claimed == pytest.approx(np.isin(after_context, result.class_ids).mean())

@@ -138,3 +138,29 @@ def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make
     wait_ready(widget, qtbot)
     state = widget.session.model.state_dict()
     assert state.keys() == base.keys() and all(torch.equal(state[k], v) for k, v in base.items())
+
+
+def test_each_prediction_and_painting_lies_on_its_own_image_when_several_are_shown(
+        make_napari_viewer, qtbot, tmp_path):
+    """Two images side by side, the lower one in the list placed and scaled elsewhere: its prediction and
+    its painting take its transform and sit right above it (not on top of the list, over the other)."""
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2))
+    first = viewer.layers["scene 1"]
+    first.translate, first.scale, first.rotate = (40, 300), (2, 2), 30
+    panoptic, semantic = predict(widget, qtbot, "scene 1")
+    predict(widget, qtbot, "scene 2")
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("scene 1 panoptic") == names.index("scene 1") + 1 < names.index("scene 2")
+    assert names.index("scene 1 semantic") == names.index("scene 1") + 2
+    for layer in (panoptic, semantic):
+        np.testing.assert_allclose(layer.affine.affine_matrix, first.affine.affine_matrix)
+        np.testing.assert_allclose(layer.data_to_world((10, 20)), first.data_to_world((10, 20)))
+    widget.class_name.setText("moon")
+    widget.image_choice.setCurrentText("scene 1")
+    painting = widget.add_annotation_layer()
+    names = [layer.name for layer in viewer.layers]
+    assert names.index(painting.name) == names.index("scene 1 semantic") + 1 < names.index("scene 2")
+    np.testing.assert_allclose(painting.data_to_world((10, 20)), first.data_to_world((10, 20)))
+    first.translate = (0, 0)  # the image moved: a new prediction follows it
+    predict(widget, qtbot, "scene 1")
+    np.testing.assert_allclose(panoptic.data_to_world((10, 20)), first.data_to_world((10, 20)))

@@ -51,8 +51,7 @@ def new_layer_args(image, class_name: str, is_thing: bool, kind: str = INSTANCES
     shape = image.data.shape[: image.data.ndim - (1 if image.rgb else 0)]
     metadata = {L.KIND_KEY: kind, L.SOURCE_KEY: image.name, L.CLASS_KEY: class_name, L.THING_KEY: is_thing,
                 L.IDENTITY_KEY: identities(image)}
-    return np.zeros(shape, np.int32), {"name": layer_name(class_name, image.name, kind), "metadata": metadata,
-                                       "scale": image.scale[: len(shape)], "translate": image.translate[: len(shape)]}
+    return np.zeros(shape, np.int32), {"name": layer_name(class_name, image.name, kind), "metadata": metadata}
 
 
 def _digest(instances: np.ndarray, background: np.ndarray | None) -> str:

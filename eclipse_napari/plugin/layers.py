@@ -77,6 +77,26 @@ def class_pixel_counts(semantic: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(semantic.ravel().clip(0, num_classes), minlength=num_classes + 1)
 
 
+def place_like(layer, image_layer) -> None:
+    """Gives a layer made from an image (a prediction, an annotation) the image's whole data-to-world
+    transform (scale, translation, rotation, shear, affine): each of its pixels lies on the image pixel
+    it belongs to, wherever the image was placed."""
+    layer.scale, layer.translate = image_layer.scale, image_layer.translate
+    layer.rotate, layer.shear, layer.affine = image_layer.rotate, image_layer.shear, image_layer.affine
+
+
+def move_above(layers, layer, image_layer) -> None:
+    """Moves `layer` right above its image and the image's own layers right above it in the layer list:
+    with several images open, side by side or in grid mode (where a layer's place in the list decides
+    its cell), it then covers its own image, not the top one."""
+    target = layers.index(image_layer) + 1
+    while target < len(layers) and layers[target] is not layer and \
+            layers[target].metadata.get(SOURCE_KEY) == image_layer.name:
+        target += 1
+    current = layers.index(layer)
+    layers.move(current, target if target <= current else target - 1)
+
+
 def plane_key(layer_name: str, index: tuple[int, ...]) -> str:
     """The project's name for one plane of an image layer: the layer name, plus the plane for stacks."""
     return layer_name if not index else f"{layer_name}[{','.join(str(i) for i in index)}]"

@@ -113,11 +113,13 @@ class PredictActions:
             if name in self.viewer.layers:
                 target = self.viewer.layers[name]
                 target.data, target.features, target.colormap = spec["data"], spec["features"], colormap
+                L.place_like(target, image_layer)  # the image may have been moved since
             else:
-                self.viewer.add_labels(spec["data"], name=name, features=spec["features"], colormap=colormap,
-                                       opacity=0.55, visible=visible, metadata={**meta, L.KIND_KEY: kind},
-                                       scale=image_layer.scale[: len(lead) + 2],
-                                       translate=image_layer.translate[: len(lead) + 2])
+                target = self.viewer.add_labels(spec["data"], name=name, features=spec["features"],
+                                                colormap=colormap, opacity=0.55, visible=visible,
+                                                metadata={**meta, L.KIND_KEY: kind})
+                L.place_like(target, image_layer)
+                L.move_above(self.viewer.layers, target, image_layer)
         self.legend.set_classes(classes, L.class_pixel_counts(semantic["data"], len(classes)), image_layer.name)
         found = sum(len(p.segments) for p in predictions)
         if len(predictions) == len(indices):

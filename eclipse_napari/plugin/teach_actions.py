@@ -46,6 +46,8 @@ class TeachActions:
                 kwargs["colormap"] = _colormap({None: L.TRANSPARENT, 0: L.TRANSPARENT, 1: annotations.BACKGROUND_COLOR})
                 kwargs["opacity"] = 0.6
             layer = self.viewer.add_labels(data, **kwargs)
+            L.place_like(layer, image)
+            L.move_above(self.viewer.layers, layer, image)
             restored = self.painting.track(layer, image)
             if restored.refused:
                 self._notify(restored.message(name), "warning")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..data.labelled import LabelledImage
-from ..network.eclipse import DEFAULT_BASE_DELTA, DEFAULT_STEP_DELTA, EclipseModel, to_chw_tensor
+from ..network.eclipse import DEFAULT_BASE_DELTA, DEFAULT_STEP_DELTA, EclipseModel, RawPrediction, to_chw_tensor
 from ..network.postprocess import PanopticResult
 from .evaluate import segments_as_dicts
 from .metrics import PanopticQuality
@@ -22,6 +22,7 @@ def select_deltas(
     candidates: Sequence[float] = STEP_DELTAS,
     base_candidates: Sequence[float] = BASE_DELTAS,
     scale: int = 1,
+    raws: Sequence[RawPrediction] | None = None,
 ) -> tuple[list[float], list[dict]]:
     """Chooses the newest group's delta and the base group's on held-out images of the step (labelled for
     the step's classes only); deltas of intermediate steps stay as they are.
@@ -31,14 +32,17 @@ def select_deltas(
     `reference`, the previous model's own predictions on the same images with new-class pixels voided:
     the new step should find its classes without disturbing what the model already said elsewhere.
     Needs no old-class labels, as in the continual protocol. Candidates are scored at 1/`scale` of the
-    image size (4: the masks' own resolution, what Learn uses; 1 = full size, the benchmark's). Returns the deltas and a table of scores.
+    image size (4: the masks' own resolution, what Learn uses; 1 = full size, the benchmark's). `raws`: the
+    model's raw predictions of `heldout` when the caller has them (Learn decodes kept features). Returns
+    the deltas and a table of scores.
     """
     if not heldout:
         raise ValueError("delta selection needs at least one held-out image")
     new_ids = set(model.class_ids(model.num_steps))
     categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
-    with torch.no_grad():
-        raws = [model.infer(to_chw_tensor(item.image)[None]) for item in heldout]
+    if raws is None:
+        with torch.no_grad():
+            raws = [model.infer(to_chw_tensor(item.image)[None]) for item in heldout]
     # Every candidate is merged at the masks' own resolution (stride 4), the labels brought there by
     # nearest sampling; what does not depend on the deltas (the resized masks) is made once per image.
     sizes = [_mask_size(item.gt_ids.shape, scale) for item in heldout]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..evaluation.deltas import select_deltas
-from ..network.eclipse import EclipseModel
+from ..network.eclipse import EclipseModel, RawPrediction, to_chw_tensor
+from ..network.postprocess import PanopticResult
 from ..training.criterion import LossConfig
 from ..training.engine import TrainConfig, train
 from ..training.progress import Progress, RunState
@@ -158,8 +159,12 @@ class _Prepared:
         self.is_thing = [c.is_thing for c in classes]
         self.examples = crop_to_painting(merge_classes(classes), config.max_side)
         self.context = [centre_crop(c, config.max_side) for c in context]
-        self.reference = [model.predict(e.image) for e in self.examples]
-        self.context_refs = [model.predict(c) for c in self.context]  # for negatives and the report
+        # Each image's frozen features are made once: the predictions before the step come from them, and
+        # after training the delta choice and the reports only run the decoder and heads on them again.
+        self.frozen = FrozenImages(model, [e.image for e in self.examples] + self.context)
+        self.reference = [self.frozen.predict(model, k) for k in range(len(self.examples))]
+        self.context_refs = [self.frozen.predict(model, len(self.examples) + k)  # for negatives and the report
+                             for k in range(len(self.context))]
         self.dense = config.learner == "dense"
         self.weights, self.extra, self.rule = None, [], None
         if self.dense:
@@ -187,13 +192,15 @@ class _Prepared:
         if result.state == RunState.CANCELLED:
             return LearnResult(RunState.CANCELLED, None, None, result.seconds, result.losses, None)
         model.eval()
+        raws = [self.frozen.infer(model, k) for k in range(len(self.frozen))]  # every image, after the step
+        painted, other = raws[: len(self.examples)], raws[len(self.examples):]
         table = []
         if not self.dense:
             deltas, table = select_deltas(model, [labelled(e, class_ids) for e in self.examples], self.reference,
-                                          scale=4)  # scored at the masks' resolution: seconds, not minutes
+                                          scale=4, raws=painted)  # scored at the masks' resolution
             model.set_deltas(deltas)
-        unchanged = old_predictions_unchanged(model, self.examples, self.reference, class_ids)
-        others = other_images_report(model, self.context, self.context_refs, class_ids) if self.context else None
+        unchanged = old_predictions_unchanged(model, painted, self.reference, class_ids)
+        others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, unchanged, table, others, class_ids)
 
@@ -206,25 +213,57 @@ def _spread(items: Sequence, count: int) -> list:
     return [items[round(k * (len(items) - 1) / max(count - 1, 1))] for k in range(count)] if count else []
 
 
-def other_images_report(model, images, before, class_ids) -> OtherImages:
-    """On images that were not painted: the share of pixels outside the new classes whose class held,
-    and the share the new classes took."""
+class FrozenImages:
+    """Images whose frozen features (backbone and pixel decoder) are made once and kept, up to a budget
+    (beyond it they are made again when asked for): Learn predicts every image before the step and again
+    after it, and the frozen part is most of a prediction's cost."""
+
+    def __init__(self, model: EclipseModel, images: Sequence, budget_bytes: int = 1 << 30):
+        self.images, self.encoded, kept = list(images), [], 0
+        for image in self.images:
+            encoded = self._encode(model, image)
+            kept += encoded.nbytes
+            self.encoded.append(encoded if kept <= budget_bytes else None)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @staticmethod
+    @torch.no_grad()
+    def _encode(model, image):
+        return model.encode_images(to_chw_tensor(image)[None])
+
+    @torch.no_grad()
+    def infer(self, model: EclipseModel, index: int) -> RawPrediction:
+        """The model's raw prediction of image `index`, as `model.infer` gives it."""
+        encoded = self.encoded[index] or self._encode(model, self.images[index])
+        return model.infer_encoded(encoded)
+
+    @torch.no_grad()
+    def predict(self, model: EclipseModel, index: int) -> PanopticResult:
+        return model.merge(self.infer(model, index))
+
+
+def other_images_report(model, raws, before, class_ids) -> OtherImages:
+    """On images that were not painted (`raws`: their predictions after the step): the share of pixels
+    outside the new classes whose class held, and the share the new classes took."""
     same = outside_total = claimed = total = 0
-    for image, ref in zip(images, before):
-        after, was = model.predict(image).semantic.numpy(), ref.semantic.numpy()
+    for raw, ref in zip(raws, before):
+        after, was = model.merge(raw).semantic.numpy(), ref.semantic.numpy()
         outside = ~np.isin(after, list(class_ids))
         same += int((after[outside] == was[outside]).sum())
         outside_total += int(outside.sum())
         claimed += int((~outside).sum())
         total += after.size
-    return OtherImages(len(images), same / outside_total if outside_total else 1.0, claimed / max(total, 1))
+    return OtherImages(len(raws), same / outside_total if outside_total else 1.0, claimed / max(total, 1))
 
 
-def old_predictions_unchanged(model, examples, reference, class_ids) -> float:
-    """Share of pixels, outside the new classes' predicted segments, whose class label is unchanged."""
+def old_predictions_unchanged(model, raws, reference, class_ids) -> float:
+    """Share of pixels, outside the new classes' predicted segments, whose class label is unchanged
+    (`raws`: the painted images' predictions after the step, `reference` before it)."""
     same = total = 0
-    for example, before in zip(examples, reference):
-        after = model.predict(example.image)
+    for raw, before in zip(raws, reference):
+        after = model.merge(raw)
         semantic_after, semantic_before = after.semantic.numpy(), before.semantic.numpy()
         outside = ~np.isin(semantic_after, list(class_ids))
         same += int((semantic_after[outside] == semantic_before[outside]).sum())

@@ -55,6 +55,29 @@ class DecoderOutput:
         return torch.einsum("bqc,bchw->bqhw", self.mask_embeds[index], mask_features)
 
 
+@dataclass
+class DecoderMemory:
+    """What the decoder derives from the frozen features before any query runs: per level the mask
+    features resized to the level (for the attention masks), per layer the memory's projected keys and
+    values. It depends on the features and the frozen layers only, so a continual step's training
+    computes it once per (image, augmentation) and keeps it with the features."""
+
+    level_features: list[torch.Tensor]  # [B, D, h*w] per level
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # [B, heads, S, D/heads] per layer
+
+    @staticmethod
+    def cat(memories: "list[DecoderMemory]") -> "DecoderMemory":
+        """One batch from memories of equal feature size."""
+        return DecoderMemory(
+            [torch.cat(level) for level in zip(*(m.level_features for m in memories))],
+            [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
+             for layer in zip(*(m.keys_values for m in memories))],
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        return self.level_features + [t for kv in self.keys_values for t in kv]
+
+
 class MaskedAttentionDecoder(nn.Module):
     def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 2048, num_layers: int = 9, num_levels: int = 3):
         super().__init__()
@@ -86,29 +109,49 @@ class MaskedAttentionDecoder(nn.Module):
         h = self.norm(hidden)
         return h, group.mask_mlp(h)
 
+    def prepare(self, memories: list[torch.Tensor], mask_features: torch.Tensor) -> DecoderMemory:
+        """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels)."""
+        inputs = self._memory_inputs(memories)
+        return DecoderMemory(self._level_features(memories, mask_features),
+                             [self._keys_values(i, inputs) for i in range(self.num_layers)])
+
+    @staticmethod
+    def _level_features(memories, mask_features) -> list[torch.Tensor]:
+        # Resizing is linear, so masks at a level = einsum with the mask features resized to that level:
+        # the same numbers as resizing full-resolution masks, without computing them for every layer.
+        return [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False).flatten(2)
+                for m in memories]
+
+    def _memory_inputs(self, memories) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(memory + level embedding, positional encoding) per level, [B, h*w, D] each."""
+        inputs = []
+        for level, m in enumerate(memories):
+            pos = sine_position_encoding(*m.shape[-2:], self.dim // 2, device=m.device, dtype=m.dtype)
+            inputs.append((m.flatten(2).transpose(1, 2) + self.level_embed[level], pos.flatten(2).transpose(1, 2)))
+        return inputs
+
+    def _keys_values(self, layer: int, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layers[layer].cross_attn.project_memory(*inputs[layer % self.num_levels])
+
     def forward(
         self,
-        memories: list[torch.Tensor],
+        memories: list[torch.Tensor] | None,
         mask_features: torch.Tensor,
         group_ids: list[int] | None = None,
         record_attention: bool = False,
+        prepared: DecoderMemory | None = None,
     ) -> DecoderOutput:
-        """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels)."""
+        """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels); or `prepared`
+        from them (`prepare`), then `memories` is not read. Without `prepared`, each layer's keys and
+        values are projected when the layer runs (one layer's at a time in memory)."""
         if group_ids is None:
             group_ids = list(range(len(self.groups)))
         group_ids = [g for g in group_ids if self.groups[g].num_queries > 0]  # dense steps have none
         batch = mask_features.shape[0]
-        sizes = [m.shape[-2:] for m in memories]
-        # Resizing is linear, so masks at a level = einsum with the mask features resized to that level:
-        # the same numbers as resizing full-resolution masks, without computing them for every layer.
-        level_features = [
-            F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False).flatten(2) for s in sizes
-        ]
-        memory_flat, memory_pos = [], []
-        for level, m in enumerate(memories):
-            memory_flat.append(m.flatten(2).transpose(1, 2) + self.level_embed[level])
-            pos = sine_position_encoding(*m.shape[-2:], self.dim // 2, device=m.device, dtype=m.dtype)
-            memory_pos.append(pos.flatten(2).transpose(1, 2))
+        if prepared is not None:
+            level_features = prepared.level_features
+        else:
+            level_features, inputs = self._level_features(memories, mask_features), self._memory_inputs(memories)
 
         groups = [self.groups[g] for g in group_ids]
         hidden = [g.content.unsqueeze(0).expand(batch, -1, -1) for g in groups]
@@ -117,7 +160,7 @@ class MaskedAttentionDecoder(nn.Module):
         self._collect(out, preds)
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
-            kv = layer.cross_attn.project_memory(memory_flat[level], memory_pos[level])
+            kv = prepared.keys_values[i] if prepared is not None else self._keys_values(i, inputs)
             for k, g in enumerate(groups):
                 # sigmoid(mask) < 0.5, decided on the logit itself (one op fewer per group and layer).
                 blocked = torch.einsum("bqc,bcs->bqs", preds[k][1], level_features[level]) < 0

@@ -9,7 +9,7 @@ from torch import nn
 
 from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
-from .decoder import DecoderOutput, MaskedAttentionDecoder
+from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
 from .dense_head import InstanceRule, dense_input, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
 from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits
@@ -31,6 +31,20 @@ class RawPrediction:
     padded_size: tuple[int, int]
     image_size: tuple[int, int]
     dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/4, Wp/4]
+
+
+@dataclass
+class Encoded:
+    """The frozen part's output for a batch of images (`EclipseModel.encode_images`)."""
+
+    mask_features: torch.Tensor  # [B, D, Hp/4, Wp/4]
+    memories: list[torch.Tensor]  # [B, D, h, w] at strides 32, 16, 8
+    padded_size: tuple[int, int]
+    image_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [self.mask_features, *self.memories])
 
 
 class EclipseModel(nn.Module):
@@ -198,19 +212,29 @@ class EclipseModel(nn.Module):
         """The frozen-at-step-t part: backbone and pixel decoder -> (mask_features, memories)."""
         return self.pixel_decoder(self.backbone(x))
 
-    def decode(self, mask_features, memories, group_ids=None, record_attention=False) -> DecoderOutput:
-        return self.decoder(memories, mask_features, group_ids, record_attention)
+    def decode(self, mask_features, memories, group_ids=None, record_attention=False,
+               prepared: DecoderMemory | None = None) -> DecoderOutput:
+        return self.decoder(memories, mask_features, group_ids, record_attention, prepared)
 
     def infer(self, images: torch.Tensor) -> RawPrediction:
         """Every group's predictions for a batch of images (uint8 or float 0..255, [B,3,H,W])."""
+        return self.infer_encoded(self.encode_images(images))
+
+    def encode_images(self, images: torch.Tensor) -> "Encoded":
+        """The frozen features of a batch of images, kept to decode them again (after a step is trained)."""
         x, image_size = self.preprocess(images)
         mask_features, memories = self.encode(x)
+        return Encoded(mask_features, memories, tuple(x.shape[-2:]), image_size)
+
+    def infer_encoded(self, encoded: "Encoded") -> RawPrediction:
+        """`infer` from features `encode_images` made: only the decoder and the heads run."""
+        mask_features, memories = encoded.mask_features, encoded.memories
         out = self.decode(mask_features, memories)
         dense_groups = [g for g in self.groups if g.num_queries == 0]
         features = dense_input(mask_features, memories) if dense_groups else None
         dense = [g.head(features) for g in dense_groups]
-        return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), tuple(x.shape[-2:]), image_size,
-                             dense)
+        return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), encoded.padded_size,
+                             encoded.image_size, dense)
 
     def merge(
         self,

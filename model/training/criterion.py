@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from ..network.decoder import DecoderMemory
 from ..network.eclipse import EclipseModel
 from .losses import SetCriterion
 from .matcher import HungarianMatcher
@@ -54,9 +55,11 @@ def pad_targets(targets: list[dict], size: tuple[int, int]) -> list[dict]:
     return padded
 
 
-def predictions_from_features(model: EclipseModel, features, deep_supervision: bool = True) -> list[dict]:
-    """Decodes the group being learned from (mask_features, memories)."""
+def predictions_from_features(model: EclipseModel, features, deep_supervision: bool = True,
+                               prepared: DecoderMemory | None = None) -> list[dict]:
+    """Decodes the group being learned from (mask_features, memories), or from (mask_features, None)
+    and the decoder memory `prepared` from them."""
     mask_features, memories = features
-    out = model.decode(mask_features, memories, group_ids=[model.num_steps])
+    out = model.decode(mask_features, memories, group_ids=[model.num_steps], prepared=prepared)
     indices = range(out.num_predictions) if deep_supervision else [out.num_predictions - 1]
     return [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]

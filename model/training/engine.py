@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from ..io.atomic import atomic_write
 from ..io.tensor_files import CheckpointError, load_torch_weights_only
+from ..network.decoder import DecoderMemory
 from ..network.dense_head import dense_input
 from ..network.eclipse import EclipseModel
 from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
@@ -139,15 +140,21 @@ class Trainer:
         self.seconds_before = 0.0  # training time of the run before a resume
 
     # ----------------------------------------------------------------- one iteration
-    def _features(self, image: torch.Tensor, key):
+    def _frozen_sample(self, index: int, variant: int, iteration: int):
+        """(mask features, decoder memory, target) of one (image, augmentation) at step t. All of it is
+        frozen (features, the memory's projected keys and values, the augmented target), so with
+        augmentation variants it is made once per variant and cached."""
         def compute():
+            img, target = self.data.sample(index, _augmentation_seed(self.config, index, variant, iteration))
             with torch.no_grad(), self._autocast():
-                x, _ = self.model.preprocess(image[None].to(self.device))
+                x, _ = self.model.preprocess(img[None].to(self.device))
                 mask_features, memories = self.model.encode(x)
-            return mask_features.float(), [m.float() for m in memories]
+                mask_features, memories = mask_features.float(), [m.float() for m in memories]
+                prepared = self.model.decoder.prepare(memories, mask_features)
+            return mask_features, prepared, _to(target, self.device)
 
         if self.config.augment_variants > 0:
-            return self.cache.get(key, compute)
+            return self.cache.get((index, variant), compute)
         return compute()
 
     def _autocast(self):
@@ -159,32 +166,32 @@ class Trainer:
         plan = _batch_plan(self.config, len(self.data), rank, iteration, getattr(self.data, "weights", None))
         if self.dense:
             return self._dense_batch_loss(plan, iteration)
-        samples = [self.data.sample(i, _augmentation_seed(self.config, i, v, iteration)) for i, v in plan]
         generator = torch.Generator(device=self.device).manual_seed(
             (self.config.seed * 7_777_777 + rank * 100_003 + iteration) % 2**63
         )
         deep = self.config.loss.deep_supervision
         if not self.frozen_features:
+            samples = [self.data.sample(i, _augmentation_seed(self.config, i, v, iteration)) for i, v in plan]
             x, _ = self.model.preprocess_many([img.to(self.device) for img, _ in samples])
             with self._autocast():
                 preds = predictions_from_features(self.model, self.model.encode(x), deep)
             targets = pad_targets([_to(t, self.device) for _, t in samples], tuple(x.shape[-2:]))
             return self.criterion(_float(preds), targets, generator=generator)
-        # Step t: frozen features per sample (cached), decoded in groups of equal size.
+        # Step t: frozen samples (cached), decoded in groups of equal size.
         groups: dict[tuple, list] = {}
-        for (index, variant), (img, target) in zip(plan, samples):
-            feats = self._features(img, (index, variant))
-            groups.setdefault(tuple(feats[0].shape[-2:]), []).append((feats, target))
+        for index, variant in plan:
+            entry = self._frozen_sample(index, variant, iteration)
+            groups.setdefault(tuple(entry[0].shape[-2:]), []).append(entry)
         parts: dict = {"loss": 0.0}
         for items in groups.values():
-            mask_features = torch.cat([f[0] for f, _ in items])
-            memories = [torch.cat([f[1][level] for f, _ in items]) for level in range(len(items[0][0][1]))]
+            mask_features = torch.cat([f for f, _, _ in items])
+            prepared = DecoderMemory.cat([m for _, m, _ in items])
             with self._autocast():
-                preds = predictions_from_features(self.model, (mask_features, memories), deep)
+                preds = predictions_from_features(self.model, (mask_features, None), deep, prepared)
             size = (mask_features.shape[-2] * 4, mask_features.shape[-1] * 4)
-            targets = pad_targets([_to(t, self.device) for _, t in items], size)
+            targets = pad_targets([t for _, _, t in items], size)
             losses = self.criterion(_float(preds), targets, generator=generator)
-            weight = len(items) / len(samples)
+            weight = len(items) / len(plan)
             for k, v in losses.items():
                 parts[k] = parts.get(k, 0.0) + v * weight
         return parts

@@ -1,7 +1,8 @@
 """Frozen-feature cache for continual steps.
 
 At step t >= 1 the backbone and pixel decoder are frozen, so their output for an (image, augmentation)
-pair never changes: it is computed once, under no_grad, and reused while it fits the memory budget
+pair never changes (nor what the frozen decoder layers derive from it, nor the augmented target): it is
+computed once, under no_grad, and reused while it fits the memory budget
 (least recently used entries are evicted beyond it). This is what makes learning a class interactive.
 """
 
@@ -9,12 +10,19 @@ from collections import OrderedDict
 
 import torch
 
-Features = tuple[torch.Tensor, list[torch.Tensor]]
 
-
-def features_nbytes(features: Features) -> int:
-    mask_features, memories = features
-    return mask_features.numel() * mask_features.element_size() + sum(m.numel() * m.element_size() for m in memories)
+def features_nbytes(entry) -> int:
+    """Bytes of the tensors in an entry: a tensor, or tuples, lists and dicts of them, or an object with
+    `tensors()` (the decoder's prepared memory)."""
+    if isinstance(entry, torch.Tensor):
+        return entry.numel() * entry.element_size()
+    if isinstance(entry, dict):
+        entry = list(entry.values())
+    elif hasattr(entry, "tensors"):
+        entry = entry.tensors()
+    if isinstance(entry, (tuple, list)):
+        return sum(features_nbytes(e) for e in entry)
+    return 0
 
 
 class FeatureCache:
@@ -28,8 +36,8 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key, compute) -> Features:
-        """The cached features of `key`, or `compute()` (stored when it fits the budget)."""
+    def get(self, key, compute):
+        """The cached entry of `key`, or `compute()` (stored when it fits the budget)."""
         if key in self._entries:
             self._entries.move_to_end(key)
             self.hits += 1
