@@ -26,7 +26,7 @@ from .data.labelled import LabelledImage, labelled_images
 from .data.scenarios import Scenario, eval_groups, select_step_images, step_keep_ids
 from .data.training_set import StepTrainingSet
 from .evaluation.deltas import select_deltas
-from .evaluation.evaluate import evaluate
+from .evaluation.evaluate import evaluate, evaluate_semantic
 from .io.atomic import atomic_write_json
 from .io.model_files import load_model, save_model
 from .network.eclipse import EclipseModel
@@ -45,7 +45,7 @@ class BenchSettings:
     step_lr: float  # ECLIPSE's prompt-tuning learning rate
     finetune_lr: float  # fine-tuning and joint training (whole network)
     prompts_per_step: int
-    delta: str = "auto"  # "auto" (chosen on held-out step images), "paper" (the scenario's), or a number
+    delta: str | float = "auto"  # "auto" (chosen on held-out step images), "paper" (the scenario's), or a number
     heldout_images: int = 24  # per step, taken out of training for the automatic delta
     augment: AugmentConfig | None = None
     cache_mb: int = 2048
@@ -53,6 +53,7 @@ class BenchSettings:
     device: str = "cpu"
     max_eval_images: int | None = None
     loss: LossConfig = field(default_factory=LossConfig)
+    eval_split: str = "val"  # recorded: "val" reports, "tune" (generated scenes) chooses settings
 
 
 @dataclass
@@ -62,10 +63,15 @@ class StepRecord:
     trainable_parameters: int
     iterations: int
     final_loss: float
-    pq: dict  # group -> {"pq", "sq", "rq", "n"}
+    pq: dict  # panoptic scenarios: group -> {"pq", "sq", "rq", "n"} ({} for semantic ones)
     deltas: list[float] = field(default_factory=list)
     delta_table: list[dict] = field(default_factory=list)
     peak_memory_mib: float = 0.0
+    miou: dict = field(default_factory=dict)  # semantic scenarios: group -> {"miou", "n"}
+
+    @property
+    def scores(self) -> dict:
+        return self.miou or self.pq
 
 
 def class_specs(dataset: PanopticDataset, scenario: Scenario, step: int):
@@ -83,7 +89,17 @@ def _peak_memory_mib(device: str) -> float:
 
 
 def _summary(result: dict) -> dict:
+    if "miou" in result:
+        return {k: {"miou": v.miou, "n": v.n} for k, v in result["miou"].items()}
     return {k: {"pq": v.pq, "sq": v.sq, "rq": v.rq, "n": v.n} for k, v in result["pq"].items()}
+
+
+def _record(step, seconds, result, scores: dict, task: str, **extra) -> StepRecord:
+    """A step's record, its scores under the scenario's metric (PQ, or mIoU for semantic scenarios)."""
+    by_metric = {"miou": scores} if task == "semantic" else {"pq": scores}
+    return StepRecord(step, seconds, result.trainable_parameters, result.iterations,
+                      result.losses[-1] if result.losses else math.nan, by_metric.get("pq", {}),
+                      miou=by_metric.get("miou", {}), **extra)
 
 
 class ContinualBenchmark:
@@ -114,8 +130,13 @@ class ContinualBenchmark:
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, model: EclipseModel, step: int) -> dict:
+        """Group -> scores after `step`: PQ for panoptic scenarios; mIoU of the semantic inference for
+        semantic ones (the paper's tables)."""
+        groups = eval_groups(self.scenario, step)
         with torch.no_grad():
-            return _summary(evaluate(model, self.val, eval_groups(self.scenario, step), categories=self.categories))
+            if self.scenario.task == "semantic":
+                return _summary(evaluate_semantic(model, self.val, groups, num_classes=max(self.categories)))
+            return _summary(evaluate(model, self.val, groups, categories=self.categories))
 
     # ----------------------------------------------------------------- checkpoints after each step
     def _step_dir(self, method: str, step: int) -> Path | None:
@@ -187,12 +208,11 @@ class ContinualBenchmark:
             elif s.delta not in ("auto",):
                 model.set_deltas(model.deltas[:-1] + [float(s.delta)])
             seconds = time.perf_counter() - start
-            pq = self.evaluate(model, t)
-            records.append(self._finish("eclipse", model, StepRecord(
-                t, seconds, result.trainable_parameters, result.iterations,
-                result.losses[-1] if result.losses else math.nan, pq, model.deltas, table,
-                _peak_memory_mib(s.device))))
-            self.log(f"eclipse step {t}: {seconds:.0f} s, PQ all {pq['all']['pq'] * 100:.1f}, deltas {model.deltas}")
+            scores = self.evaluate(model, t)
+            records.append(self._finish("eclipse", model, _record(
+                t, seconds, result, scores, scenario.task, deltas=model.deltas, delta_table=table,
+                peak_memory_mib=_peak_memory_mib(s.device))))
+            self.log(f"eclipse step {t}: {seconds:.0f} s, {self._all(scores)}, deltas {model.deltas}")
         return model, records
 
     def run_finetune(self, base: EclipseModel) -> tuple[EclipseModel, list[StepRecord]]:
@@ -210,11 +230,10 @@ class ContinualBenchmark:
             result = self._train(model, self.step_images[t], step_keep_ids(scenario, t), s.iterations_per_step,
                                  s.finetune_lr, "finetune", t)
             seconds = time.perf_counter() - start
-            pq = self.evaluate(model, t)
-            records.append(self._finish("finetune", model, StepRecord(
-                t, seconds, result.trainable_parameters, result.iterations,
-                result.losses[-1] if result.losses else math.nan, pq, peak_memory_mib=_peak_memory_mib(s.device))))
-            self.log(f"finetune step {t}: {seconds:.0f} s, PQ all {pq['all']['pq'] * 100:.1f}")
+            scores = self.evaluate(model, t)
+            records.append(self._finish("finetune", model, _record(
+                t, seconds, result, scores, scenario.task, peak_memory_mib=_peak_memory_mib(s.device))))
+            self.log(f"finetune step {t}: {seconds:.0f} s, {self._all(scores)}")
         return model, records
 
     def run_joint(self, base: EclipseModel) -> tuple[EclipseModel, list[StepRecord]]:
@@ -232,18 +251,20 @@ class ContinualBenchmark:
         iterations = s.iterations_per_step * scenario.num_steps
         result = self._train(model, images, None, iterations, s.finetune_lr, "joint", last)
         seconds = time.perf_counter() - start
-        pq = self.evaluate(model, last)
-        self.log(f"joint: {seconds:.0f} s, PQ all {pq['all']['pq'] * 100:.1f}")
-        record = StepRecord(last, seconds, result.trainable_parameters, result.iterations,
-                            result.losses[-1] if result.losses else math.nan, pq,
-                            peak_memory_mib=_peak_memory_mib(s.device))
+        scores = self.evaluate(model, last)
+        self.log(f"joint: {seconds:.0f} s, {self._all(scores)}")
+        record = _record(last, seconds, result, scores, scenario.task, peak_memory_mib=_peak_memory_mib(s.device))
         return model, [self._finish("joint", model, record)]
+
+    def _all(self, scores: dict) -> str:
+        metric = self.scenario.metric
+        return f"{'mIoU' if metric == 'miou' else 'PQ'} all {scores['all'][metric] * 100:.1f}"
 
     def run(self, base: EclipseModel, methods=METHODS) -> dict:
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-        results = {"base": {"step": 0, "pq": self.evaluate(base, 0)}, "methods": {}, "models": {}}
+        results = {"base": {"step": 0, self.scenario.metric: self.evaluate(base, 0)}, "methods": {}, "models": {}}
         runners = {"eclipse": self.run_eclipse, "finetune": self.run_finetune, "joint": self.run_joint}
         for method in methods:
             model, records = runners[method](base)

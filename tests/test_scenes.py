@@ -155,10 +155,15 @@ def test_workers_give_identical_files(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert make_scenes.main(["--out", str(out), "--train", "3", "--val", "2", "--size", "48", "--seed", "2"]) == 0
+    assert make_scenes.main(["--out", str(out), "--train", "3", "--val", "2", "--tune", "2", "--size", "48",
+                             "--seed", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "3 train + 2 val scenes" in printed and "24 categories" in printed
+    assert "3 train + 2 val + 2 tune scenes" in printed and "24 categories" in printed
     assert len(list((out / "images_train").iterdir())) == 3 and len(list((out / "scenes_val").iterdir())) == 2
+    # The tuning split: as many scenes, other pictures (its own seed), never a copy of a validation scene.
+    val, tune = sorted((out / "images_val").iterdir()), sorted((out / "images_tune").iterdir())
+    assert len(tune) == 2 and all(a.read_bytes() != b.read_bytes() for a in val for b in tune)
+    assert "seed 1002" in (out / "scenes_tune.json").read_text()
     assert make_scenes.main(["--out", str(out), "--size", "8"]) == 1
     assert "error" in capsys.readouterr().err
 

@@ -6,7 +6,8 @@
     python -m eclipse_napari.bench --eval-only MODEL_DIR                      # evaluate a saved model
 
 Prints a paper-style table (PQ old / new / all after the last step per method, cost per step), and
-writes results.json, results.txt, pq_per_step.png and the trained models into --out.
+writes results.json, results.txt, pq_per_step.png (miou_per_step.png for semantic scenarios) and the
+trained models into --out.
 """
 
 import argparse
@@ -19,18 +20,56 @@ from pathlib import Path
 
 from .bench_report import format_table, plot_pq, results_json
 from .bench_setup import (
+    EVAL_SPLITS,
     SCENES_SIZE,
     SCENES_TRAIN,
     SCENES_VAL,
     default_output_dir,
     ensure_scene_data,
     load_base_model,
-    loss_config,
     open_datasets,
     setup_distributed,
     train_base_model,
 )
 from .progress import progress_bar
+
+METHODS = ("eclipse", "finetune", "joint")  # as model.benchmark.METHODS (not imported: it loads torch)
+
+
+def delta_choice(text: str):
+    """--delta: "auto", "paper" or a number, checked before anything runs."""
+    value = str(text).strip().lower()
+    if value in ("auto", "paper"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'paper' or a number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def _given(value, default):
+    """An option's value when given (0 included, where the option allows it), else the default."""
+    return default if value is None else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,23 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None,
                    help="dataset folder (ADE20K/COCO in COCO-panoptic format; generated scenes are made here "
                         "when missing; default for scenes: a cache folder)")
-    p.add_argument("--scenes", type=int, nargs=2, default=None, metavar=("TRAIN", "VAL"),
-                   help="number of generated scenes to make when they are missing (default 1500 200)")
-    p.add_argument("--scenes-size", type=int, default=None, help="side of generated scenes (default 256)")
+    p.add_argument("--scenes", type=positive_int, nargs=2, default=None, metavar=("TRAIN", "VAL"),
+                   help="number of generated scenes to make when they are missing (default 1500 200; the "
+                        "tuning split gets as many as VAL)")
+    p.add_argument("--scenes-size", type=positive_int, default=None, help="side of generated scenes (default 256)")
+    p.add_argument("--eval-split", choices=EVAL_SPLITS, default="val",
+                   help="evaluate on the validation split (default; what tables report) or, for the generated "
+                        "scenes, on the tuning split (where settings are chosen)")
     p.add_argument("--base", type=Path, default=None, help="base model folder (default: the shipped one for scenes)")
     p.add_argument("--train-base", action="store_true", help="train the base model (step 0) first")
     p.add_argument("--base-only", action="store_true", help="with --train-base: stop after the base model")
-    p.add_argument("--base-iterations", type=int, default=None, help="step-0 iterations (default: the scenario's)")
+    p.add_argument("--base-iterations", type=positive_int, default=None,
+                   help="step-0 iterations (default: the scenario's)")
     p.add_argument("--backbone", default=None, help="backbone for --train-base (default: the scenario's)")
-    p.add_argument("--methods", nargs="+", default=["eclipse", "finetune", "joint"])
-    p.add_argument("--iterations", type=int, default=None, help="iterations per step (default: the scenario's)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--step-lr", type=float, default=None,
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="iterations per step (default: the scenario's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the scenario's")
+    p.add_argument("--step-lr", type=positive_float, default=None,
                    help="ECLIPSE prompt-tuning learning rate (default: the scenario's)")
-    p.add_argument("--delta", default="auto", help="'auto' (chosen on held-out images), 'paper', or a number")
+    p.add_argument("--delta", type=delta_choice, default="auto",
+                   help="'auto' (chosen on held-out images), 'paper', or a number")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--max-eval-images", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    p.add_argument("--max-eval-images", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: finished steps are reloaded, an unfinished one "
@@ -75,7 +121,6 @@ def main(argv=None) -> int:
     import torch
 
     from model.benchmark import BenchSettings, ContinualBenchmark
-    from model.data.augment import scenes as scenes_augment
     from model.data.scenarios import get_scenario, scenario_table
     from model.io.model_files import save_model
     from model.io.tensor_files import CheckpointError
@@ -101,21 +146,23 @@ def main(argv=None) -> int:
             root = ensure_scene_data(root, rank, log, *counts, size=args.scenes_size or SCENES_SIZE)
         elif root is None:
             raise ValueError(f"{scenario.name} needs --data-root (the {scenario.dataset} dataset in COCO-panoptic format)")
-        train_set, val_set = open_datasets(scenario, root)
+        train_set, val_set = open_datasets(scenario, root, args.eval_split)
         if args.eval_only is not None:
             return _eval_only(args, scenario, train_set, val_set, device, log)
+        # Everything not given on the command line is the scenario's (augmentation and losses always are).
         settings = BenchSettings(
-            iterations_per_step=args.iterations or scenario.iterations_per_step,
-            batch_size=args.batch_size or scenario.batch_size,
-            step_lr=args.step_lr or scenario.step_lr,
+            iterations_per_step=_given(args.iterations, scenario.iterations_per_step),
+            batch_size=_given(args.batch_size, scenario.batch_size),
+            step_lr=_given(args.step_lr, scenario.step_lr),
             finetune_lr=scenario.base_lr,
             prompts_per_step=scenario.prompts_per_step,
             delta=args.delta,
-            augment=scenes_augment() if scenario.dataset == "scenes" else None,
+            augment=scenario.augment,
             seed=args.seed,
             device=device,
             max_eval_images=args.max_eval_images,
-            loss=loss_config(scenario.dataset),
+            loss=scenario.loss,
+            eval_split=args.eval_split,
         )
         if args.train_base:
             base = train_base_model(scenario, train_set, out / "base", device=device, backbone=args.backbone,
@@ -149,10 +196,11 @@ def main(argv=None) -> int:
         atomic_write_json(out / "results.json", data, sort_keys=False)
         table = format_table(data)
         atomic_write_text(out / "results.txt", table + "\n")
-        plot_pq(data, out / "pq_per_step.png")
+        plot = out / f"{scenario.metric}_per_step.png"
+        plot_pq(data, plot)
         print()
         print(table)
-        print(f"\nwrote {out / 'results.json'}, {out / 'results.txt'}, {out / 'pq_per_step.png'} and the models")
+        print(f"\nwrote {out / 'results.json'}, {out / 'results.txt'}, {plot} and the models")
     return 0
 
 
@@ -161,10 +209,12 @@ def _eval_only(args, scenario, train_set, val_set, device, log) -> int:
     from model.io.model_files import load_model
 
     model = load_model(args.eval_only, device)
-    settings = BenchSettings(0, 1, 0.0, 0.0, 1, device=device, max_eval_images=args.max_eval_images)
+    settings = BenchSettings(0, 1, 0.0, 0.0, 1, device=device, max_eval_images=args.max_eval_images,
+                             eval_split=args.eval_split)
     bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log)
     pq = bench.evaluate(model, min(model.num_steps, scenario.num_steps))
-    log(json.dumps({"model": str(args.eval_only), "steps": model.num_steps, "pq": pq}, indent=2))
+    log(json.dumps({"model": str(args.eval_only), "steps": model.num_steps, scenario.metric: pq,
+                    "split": args.eval_split}, indent=2))
     return 0
 
 

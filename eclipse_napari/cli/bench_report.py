@@ -1,4 +1,5 @@
-"""Results of `python -m eclipse_napari.bench`: JSON, a paper-style text table and a PQ-per-step plot."""
+"""Results of `python -m eclipse_napari.bench`: JSON, a paper-style text table and a plot per step, in the
+scenario's metric (PQ, or mIoU for the semantic scenarios)."""
 
 import math
 from dataclasses import asdict
@@ -19,6 +20,8 @@ def results_json(scenario, settings, results: dict, world_size: int) -> dict:
         "num_base": scenario.num_base,
         "increment": scenario.increment,
         "num_steps": scenario.num_steps,
+        "task": scenario.task,
+        "metric": scenario.metric,
         "settings": {k: (v if not hasattr(v, "__dataclass_fields__") else asdict(v)) for k, v in asdict(settings).items()},
         "world_size": world_size,
         "seconds": results.get("seconds"),
@@ -42,39 +45,54 @@ def _clean(obj):
     return obj
 
 
+def _metric(data: dict) -> tuple[str, str]:
+    """(key in the records, name in the table)."""
+    metric = data.get("metric", "pq")
+    return metric, "mIoU" if metric == "miou" else "PQ"
+
+
+def _scores(record: dict, metric: str) -> dict:
+    return record.get(metric) or {}
+
+
 def format_table(data: dict) -> str:
-    base_old = data["base"]["pq"]["old"]["pq"]
+    metric, name = _metric(data)
+    base_old = data["base"][metric]["old"][metric]
+    split = data["settings"].get("eval_split", "val")
     lines = [
         f"{data['scenario']}: {data['num_base']} base classes + {data['num_steps']} step(s) of {data['increment']}; "
-        f"PQ after the last step (old = base classes, new = later ones)",
-        f"{'method':<24}{'PQ old':>8}{'PQ new':>8}{'PQ all':>8}{'trainable/step':>16}{'s/step':>9}{'peak MiB':>10}",
-        f"{'base model (step 0)':<24}{_pct(base_old):>8}{'':>8}{'':>8}",
+        f"{name} after the last step on the {'tuning' if split == 'tune' else 'validation'} split "
+        f"(old = base classes, new = later ones)",
+        f"{'method':<24}{name + ' old':>9}{name + ' new':>9}{name + ' all':>9}{'trainable/step':>16}{'s/step':>9}"
+        f"{'peak MiB':>10}",
+        f"{'base model (step 0)':<24}{_pct(base_old):>9}{'':>9}{'':>9}",
     ]
     finals = {}
     for method, records in data["methods"].items():
         last = records[-1]
-        finals[method] = last["pq"]
+        finals[method] = scores = _scores(last, metric)
         seconds = sum(r["seconds"] for r in records) / len(records)
         label = method if method != "eclipse" else f"ECLIPSE (delta {data['settings']['delta']})"
         lines.append(
-            f"{label:<24}{_pct(last['pq']['old']['pq']):>8}{_pct(last['pq']['new']['pq']):>8}"
-            f"{_pct(last['pq']['all']['pq']):>8}{last['trainable_parameters']:>16,}{seconds:>9.0f}"
+            f"{label:<24}{_pct(scores['old'][metric]):>9}{_pct(scores['new'][metric]):>9}"
+            f"{_pct(scores['all'][metric]):>9}{last['trainable_parameters']:>16,}{seconds:>9.0f}"
             f"{last['peak_memory_mib']:>10.0f}"
         )
     if "eclipse_paper_deltas" in data:
-        pq = data["eclipse_paper_deltas"]
-        lines.append(f"{'ECLIPSE (paper deltas)':<24}{_pct(pq['old']['pq']):>8}{_pct(pq['new']['pq']):>8}"
-                     f"{_pct(pq['all']['pq']):>8}   deltas {data['paper_deltas']}")
+        fixed = data["eclipse_paper_deltas"]
+        lines.append(f"{'ECLIPSE (paper deltas)':<24}{_pct(fixed['old'][metric]):>9}{_pct(fixed['new'][metric]):>9}"
+                     f"{_pct(fixed['all'][metric]):>9}   deltas {data['paper_deltas']}")
     if "eclipse" in data["methods"]:
         last = data["methods"]["eclipse"][-1]
         lines.append(f"ECLIPSE deltas used: {[round(d, 2) for d in last['deltas']]}")
     ratios = []
     if "eclipse" in finals and base_old:
-        ratios.append(f"ECLIPSE old / base old = {finals['eclipse']['old']['pq'] / base_old * 100:.0f}%")
-    if "eclipse" in finals and "joint" in finals and finals["joint"]["new"]["pq"]:
-        ratios.append(f"ECLIPSE new / joint new = {finals['eclipse']['new']['pq'] / finals['joint']['new']['pq'] * 100:.0f}%")
+        ratios.append(f"ECLIPSE old / base old = {finals['eclipse']['old'][metric] / base_old * 100:.0f}%")
+    joint_new = finals.get("joint", {}).get("new", {}).get(metric)
+    if "eclipse" in finals and joint_new:
+        ratios.append(f"ECLIPSE new / joint new = {finals['eclipse']['new'][metric] / joint_new * 100:.0f}%")
     if "finetune" in finals and base_old:
-        ratios.append(f"fine-tune old / base old = {finals['finetune']['old']['pq'] / base_old * 100:.0f}%")
+        ratios.append(f"fine-tune old / base old = {finals['finetune']['old'][metric] / base_old * 100:.0f}%")
     if ratios:
         lines.append("; ".join(ratios))
     return "\n".join(lines)
@@ -86,19 +104,20 @@ def plot_pq(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric, name = _metric(data)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
-    base_old = data["base"]["pq"]["old"]["pq"]
+    base_old = data["base"][metric]["old"][metric]
     for ax, group in zip(axes, ("old", "new", "all")):
         for method, records in data["methods"].items():
             steps = [r["step"] for r in records]
-            values = [100 * (r["pq"][group]["pq"] or 0.0) for r in records]
+            values = [100 * (_scores(r, metric)[group][metric] or 0.0) for r in records]
             if group in ("old", "all") and method != "joint":
                 steps, values = [0] + steps, [100 * base_old] + values
             ax.plot(steps, values, marker="o", label=method)
-        ax.set_title(f"PQ {group}")
+        ax.set_title(f"{name} {group}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("PQ")
+    axes[0].set_ylabel(name)
     axes[0].legend()
     fig.suptitle(data["scenario"])
     fig.tight_layout()

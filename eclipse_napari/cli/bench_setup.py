@@ -6,23 +6,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from model.training.criterion import LossConfig
-
 from ..resources import shipped_base_path
 from .progress import progress_bar
 
 SCENES_VERSION = "scenes-v1"  # bump when the generator changes its output
 SCENES_TRAIN, SCENES_VAL, SCENES_SIZE, SCENES_SEED = 1500, 200, 256, 0
-
-
-def loss_config(dataset: str):
-    """The paper's losses; for 256x256 scenes fewer points per mask (64x64 mask logits) and a 0.1 weight
-    on unmatched queries' no-object target (like Mask2Former's eos_coef), our choice for short CPU
-    schedules, where most queries otherwise stay on the no-object prior (not compared against 1.0 yet)."""
-
-    if dataset == "scenes":
-        return LossConfig(num_points=3136, no_object_weight=0.1)
-    return LossConfig()
 
 
 def default_output_dir(scenario) -> Path:
@@ -55,16 +43,24 @@ def ensure_scene_data(root: Path | None, rank: int, log, num_train: int = SCENES
         cache = Path(os.environ.get("ECLIPSE_NAPARI_DATA", Path.home() / ".cache" / "eclipse-napari"))
         suffix = "" if (num_train, num_val) == (SCENES_TRAIN, SCENES_VAL) else f"-{num_train}-{num_val}"
         root = cache / f"{SCENES_VERSION}-{size}-seed{SCENES_SEED}{suffix}"
+    workers = max(1, min(4, os.cpu_count() or 1))
     if rank == 0 and not (root / "scenes_val.json").exists():
-        log(f"generating {num_train} + {num_val} scenes into {root} (once)")
-        write_scenes(root, num_train, num_val, seed=SCENES_SEED, size=size,
-                     workers=max(1, min(4, os.cpu_count() or 1)))
+        log(f"generating {num_train} + {num_val} + {num_val} (tuning) scenes into {root} (once)")
+        write_scenes(root, num_train, num_val, seed=SCENES_SEED, size=size, workers=workers, num_tune=num_val)
+    elif rank == 0 and not (root / "scenes_tune.json").exists():  # made before the tuning split existed
+        log(f"generating {num_val} tuning scenes into {root} (once)")
+        write_scenes(root, 0, 0, seed=SCENES_SEED, size=size, workers=workers, num_tune=num_val, splits=("tune",))
     _barrier()
     return root
 
 
+EVAL_SPLITS = ("val", "tune")
+
+
 def dataset_paths(dataset: str, root: Path, split: str) -> tuple[Path, Path, Path]:
     """(json, image folder, panoptic PNG folder) of a split in the layout our converters write."""
+    if split == "tune" and dataset != "scenes":
+        raise ValueError(f"{dataset} has no tuning split here (only the generated scenes do): evaluate on val")
     if dataset == "scenes":
         return root / f"scenes_{split}.json", root / f"images_{split}", root / f"scenes_{split}"
     if dataset == "ade20k":
@@ -76,11 +72,12 @@ def dataset_paths(dataset: str, root: Path, split: str) -> tuple[Path, Path, Pat
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
-def open_datasets(scenario, root: Path):
+def open_datasets(scenario, root: Path, eval_split: str = "val"):
+    """(training set, evaluation set); `eval_split` "tune" evaluates on the scenes' tuning split."""
     from model.data.coco_panoptic import PanopticDataset
 
     sets = []
-    for split in ("train", "val"):
+    for split in ("train", eval_split):
         json_path, images, panoptic = dataset_paths(scenario.dataset, Path(root), split)
         for p in (json_path, images, panoptic):
             if not p.exists():
@@ -116,7 +113,6 @@ def train_base_model(scenario, train_set, out: Path, *, device: str, backbone: s
     """Step 0: the full model on the scenario's base classes, saved to `out` (defaults: the scenario's
     backbone, iterations and batch size); `resume` continues from the training state saved there."""
     from model.benchmark import class_specs
-    from model.data.augment import scenes as scenes_augment
     from model.data.scenarios import select_step_images, step_keep_ids
     from model.data.training_set import StepTrainingSet
     from model.io.model_files import save_model
@@ -132,13 +128,12 @@ def train_base_model(scenario, train_set, out: Path, *, device: str, backbone: s
     model = build_model(config, names, things, colors, backbone_weights=weights).to(device)
     annotations = {i: train_set.annotation(i) for i in train_set.image_ids}
     images = select_step_images(annotations, scenario, 0)
-    augment = scenes_augment() if scenario.dataset == "scenes" else None
-    data = StepTrainingSet(train_set.subset(images), scenario, augment, step_keep_ids(scenario, 0))
+    data = StepTrainingSet(train_set.subset(images), scenario, scenario.augment, step_keep_ids(scenario, 0))
     iterations = iterations or scenario.iterations_base
     log(f"training the base model: {backbone}, {len(names)} classes, {len(images)} images, {iterations} iterations")
     train_config = TrainConfig(iterations=iterations, batch_size=batch_size or scenario.batch_size,
                                lr=scenario.base_lr, seed=seed, augment_variants=0, checkpoint_every=200,
-                               loss=loss_config(scenario.dataset))
+                               loss=scenario.loss)
     out.mkdir(parents=True, exist_ok=True)
     train(model, data, train_config, device=device, callback=progress_bar(rank),
           state_path=out / "train_state.pt", resume=resume)

@@ -59,6 +59,13 @@ def ade_panoptic() -> AugmentConfig:
     )
 
 
+def ade_semantic() -> AugmentConfig:
+    """ADE20K semantic (Mask2Former / ECLIPSE): short side 256..1024 (512 x 0.5..2.0 in tenths), crop 512,
+    SSD colour, flip, pad."""
+    return replace(ade_panoptic(), short_sides=tuple(int(x * 0.1 * 512) for x in range(5, 21)), max_size=2048,
+                   crop_size=(512, 512), pad_size=(512, 512))
+
+
 def coco_panoptic() -> AugmentConfig:
     """COCO panoptic as ECLIPSE states it: short side 800, long side at most 1333, flip only."""
     return AugmentConfig(short_sides=(800,), max_size=1333, flip_prob=0.5)

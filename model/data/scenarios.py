@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from ..training.loss_config import LossConfig
+from .augment import AugmentConfig, ade_panoptic, ade_semantic, coco_panoptic, scenes
 from .categories import COCO_83_ORDER, ade20k_categories, coco_panoptic_categories
 
 DATASETS = ("ade20k", "coco", "scenes")
@@ -24,7 +26,8 @@ SCENE_CLASS_COUNT = 24  # scene categories the named "scenes-*" scenarios are de
 
 @dataclass(frozen=True)
 class Scenario:
-    """One continual-learning protocol plus the paper's training settings for it.
+    """One continual-learning protocol plus the paper's training settings for it: the one place where
+    iterations, batch, learning rates, augmentation and losses of a scenario are set.
 
     `deltas` holds one logit-manipulation scale per query group: index 0 = base queries, index t = the
     prompt set of step t (so len(deltas) == num_steps + 1)."""
@@ -44,6 +47,8 @@ class Scenario:
     step_lr: float
     backbone: str
     deltas: tuple[float, ...]
+    augment: AugmentConfig = AugmentConfig()  # training augmentation of every step (the identity by default)
+    loss: LossConfig = LossConfig()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -205,11 +210,11 @@ def _deltas(first: float, rest: float, steps: int, explicit: tuple | None = None
 
 
 def _paper(name, dataset, task, order, base, inc, *, queries, prompts, it_base, it_step, batch, step_lr,
-           backbone, deltas) -> Scenario:
+           backbone, deltas, augment) -> Scenario:
     return Scenario(name=name, dataset=dataset, task=task, class_order=order, num_base=base, increment=inc,
                     num_queries=queries, prompts_per_step=prompts, iterations_base=it_base,
                     iterations_per_step=it_step, batch_size=batch, base_lr=1e-4, step_lr=step_lr,
-                    backbone=backbone, deltas=deltas)
+                    backbone=backbone, deltas=deltas, augment=augment, loss=LossConfig())
 
 
 def _scene_ids_from_module() -> tuple[int, ...]:
@@ -245,7 +250,10 @@ def scene_scenario(
     300 per step, batch 4, lr 5e-4 for the whole network (base, fine-tuning, joint) and 3e-3 for prompt
     tuning (the paper also tunes prompts at a higher lr than the base; a sweep on scenes-16-8 at 300
     iterations gave new/old PQ 18.4/64.8 at 2e-3, 23.9/64.9 at 3e-3, 23.1/62.6 at 5e-3); the fixed deltas
-    follow the paper's common ADE choice (0.4 base, 0.5 steps)."""
+    follow the paper's common ADE choice (0.4 base, 0.5 steps). Augmentation: scale jitter, crop/pad back
+    to the native size, flip, mild colour (`augment.scenes`); losses on 3,136 points per mask (64x64 mask
+    logits) with a 0.1 weight on unmatched queries' no-object target (like Mask2Former's eos_coef), for
+    short CPU schedules where most queries otherwise stay on the no-object prior."""
     ids = tuple(category_ids) if category_ids is not None else _scene_ids_from_module()
     if num_steps is None:
         num_steps = (len(ids) - num_base) // increment if increment > 0 else 0
@@ -258,7 +266,7 @@ def scene_scenario(
         class_order=ids[:used], num_base=num_base, increment=increment, num_queries=50,
         prompts_per_step=prompts_per_step or 10, iterations_base=2500, iterations_per_step=300,
         batch_size=4, base_lr=5e-4, step_lr=3e-3, backbone="efficientnet_lite0",
-        deltas=(0.4,) + (0.5,) * num_steps,
+        deltas=(0.4,) + (0.5,) * num_steps, augment=scenes(), loss=LossConfig(num_points=3136, no_object_weight=0.1),
     )
 
 
@@ -276,7 +284,7 @@ def _build_scenarios() -> dict[str, Scenario]:
     ):
         out.append(_paper(f"ade-panoptic-{base}-{inc}", "ade20k", "panoptic", ade, base, inc, queries=queries,
                           prompts=prompts, it_base=it_base, it_step=it_step, batch=8, step_lr=5e-4,
-                          backbone="resnet50", deltas=deltas))
+                          backbone="resnet50", deltas=deltas, augment=ade_panoptic()))
     # ADE20K semantic, R101, batch 16, step LR 1e-3, mIoU.
     for inc, prompts, it_step, deltas in (
         (5, 5, 12_000, _deltas(0.1, 0.8, 10)),
@@ -285,13 +293,13 @@ def _build_scenarios() -> dict[str, Scenario]:
     ):
         out.append(_paper(f"ade-semantic-100-{inc}", "ade20k", "semantic", ade, 100, inc, queries=100,
                           prompts=prompts, it_base=160_000, it_step=it_step, batch=16, step_lr=1e-3,
-                          backbone="resnet101", deltas=deltas))
+                          backbone="resnet101", deltas=deltas, augment=ade_semantic()))
     # COCO panoptic 83-x, R50, batch 16.
     for inc, it_step in ((5, 8_000), (10, 32_000)):
         steps = 50 // inc
         out.append(_paper(f"coco-panoptic-83-{inc}", "coco", "panoptic", coco, 83, inc, queries=100, prompts=10,
                           it_base=240_000, it_step=it_step, batch=16, step_lr=5e-4, backbone="resnet50",
-                          deltas=_deltas(0.5, 0.6, steps)))
+                          deltas=_deltas(0.5, 0.6, steps), augment=coco_panoptic()))
     # Generated scenes over categories 1..24 (fixed here so importing this module never imports scenes.py).
     scene_ids = tuple(range(1, SCENE_CLASS_COUNT + 1))
     for base, inc in ((16, 2), (16, 8), (20, 4)):

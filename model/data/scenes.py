@@ -27,6 +27,7 @@ from ..io.panoptic_format import segment_areas_and_boxes, write_panoptic_json, w
 from . import scene_assets as A
 
 VAL_INDEX_OFFSET = 10_000_000  # val scenes use indices from here, train below: disjoint for any sizes
+TUNE_SEED_OFFSET = 1_000  # the tuning split: val's indices under another seed (seed + this), other scenes
 MIN_VISIBLE_FRACTION = 0.25  # a thing keeps its annotation only if this much of its in-frame shape shows
 SEED_SALT = 0x5CE7E5
 
@@ -360,24 +361,32 @@ def _write_one(task: tuple[str, str, int, int, int | tuple[int, int]]) -> tuple[
 
 
 def write_scenes(
-    out: str | Path, num_train: int, num_val: int, seed: int = 0, size: int | Sequence[int] = 256, workers: int = 1
+    out: str | Path, num_train: int, num_val: int, seed: int = 0, size: int | Sequence[int] = 256, workers: int = 1,
+    num_tune: int = 0, splits: Sequence[str] = ("train", "val", "tune"),
 ) -> dict[str, Path]:
-    """Write train and val scenes in COCO-panoptic format under `out`; returns their paths.
+    """Write train, val and tune scenes in COCO-panoptic format under `out`; returns their paths.
 
     out/scenes_{split}.json, out/scenes_{split}/*.png (panoptic), out/images_{split}/*.png (RGB). Train
-    uses indices 0..num_train-1 and val VAL_INDEX_OFFSET.., so val does not change with num_train.
+    uses indices 0..num_train-1 and val VAL_INDEX_OFFSET.., so val does not change with num_train. The
+    tuning split (settings are chosen on it, tables report val) uses val's indices under the seed
+    seed + TUNE_SEED_OFFSET: scenes of their own. `splits`: which of the three to write (num 0: none).
     """
     if not 0 <= num_train <= VAL_INDEX_OFFSET or num_val < 0:
         raise ValueError(f"need 0 <= num_train <= {VAL_INDEX_OFFSET} and num_val >= 0, got {num_train}, {num_val}")
     size = _hw(size)[0] if isinstance(size, (int, np.integer)) else _hw(size)
     out = Path(out)
     paths: dict[str, Path] = {}
-    for split, start, count in (("train", 0, num_train), ("val", VAL_INDEX_OFFSET, num_val)):
+    if num_tune < 0:
+        raise ValueError(f"need num_tune >= 0, got {num_tune}")
+    for split, start, count, split_seed in (("train", 0, num_train, seed), ("val", VAL_INDEX_OFFSET, num_val, seed),
+                                            ("tune", VAL_INDEX_OFFSET, num_tune, seed + TUNE_SEED_OFFSET)):
+        if split not in splits or (split == "tune" and not count):
+            continue
         for sub in ("images", "scenes"):
             (out / f"{sub}_{split}").mkdir(parents=True, exist_ok=True)
-        tasks = [(str(out), split, start + i, int(seed), size) for i in range(count)]
+        tasks = [(str(out), split, start + i, int(split_seed), size) for i in range(count)]
         results = _run(tasks, workers)
-        info = {"description": f"generated panoptic scenes ({split}, seed {seed}, size {size})"}
+        info = {"description": f"generated panoptic scenes ({split}, seed {split_seed}, size {size})"}
         data = {"info": info, "licenses": [], "images": [r[0] for r in results],
                 "annotations": [r[1] for r in results], "categories": SCENE_CATEGORIES}  # fmt: skip
         write_panoptic_json(out / f"scenes_{split}.json", data)

@@ -44,3 +44,20 @@ def evaluate(
         out["miou"] = miou.summary(groups)
         out["iou_per_class"] = miou.compute()
     return out
+
+
+def evaluate_semantic(
+    model: EclipseModel,
+    images: Iterable[LabelledImage],
+    groups: dict[str, list[int]] | None = None,
+    num_classes: int | None = None,
+) -> dict:
+    """mIoU of `model`'s semantic inference (`EclipseModel.predict_semantic`) over labelled images, per
+    class group; the ground truth's class of each pixel comes from its (non-crowd) segments. Classes
+    1..`num_classes` (default: the model's) count, unlearned ones as misses."""
+    miou = SemanticIoU(num_classes or model.num_classes)
+    n = 0
+    for n, item in enumerate(images, start=1):
+        gt = panoptic_to_semantic(item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
+        miou.update(gt, model.predict_semantic(item.image).numpy(), where=f"image {n}")
+    return {"miou": miou.summary(groups), "iou_per_class": miou.compute(), "num_images": n}

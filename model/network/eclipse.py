@@ -12,7 +12,7 @@ from .config import ModelConfig
 from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
 from .dense_head import InstanceRule, dense_input, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
-from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits
+from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits, semantic_inference
 from .query_groups import DenseGroup, QueryGroup
 from .tiled import TileConfig, image_size, predict_tiled
 
@@ -298,6 +298,21 @@ class EclipseModel(nn.Module):
         """Panoptic segmentation of one image: numpy or tensor, [H,W] grey, [H,W,3|4] or [3,H,W]."""
         raw = self.infer(to_chw_tensor(image)[None])
         return self.merge(raw, 0, None, output_size, object_threshold, overlap_threshold)
+
+    @torch.no_grad()
+    def predict_semantic(self, image, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Semantic segmentation of one image (`postprocess.semantic_inference` over every query group,
+        after logit manipulation): int64 [H, W] class ids, 0 where no class scores. A dense step's
+        segments are laid over it as in `merge` (its classes come from no query)."""
+        raw = self.infer(to_chw_tensor(image)[None])
+        size = output_size or raw.image_size
+        masks = self.resized_masks(raw, 0, size)
+        semantic = semantic_inference(self._manipulate(raw.logits[0:1], self.deltas)[0], masks)
+        dense_ids = [c for t, g in enumerate(self.groups) if g.num_queries == 0 for c in self.class_ids(t)]
+        if dense_ids:
+            merged = self.merge(raw, 0, None, size, masks=masks).semantic.to(semantic.dtype)
+            semantic = torch.where(torch.isin(merged, torch.tensor(dense_ids)), merged, semantic)
+        return semantic
 
     @torch.no_grad()
     def predict_image(self, image, tiles: TileConfig | None = TileConfig(), progress=None, cancel=None,

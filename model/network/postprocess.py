@@ -89,6 +89,29 @@ def _thing_flags(is_thing: torch.Tensor | Sequence[bool], num_classes: int) -> l
     return flags
 
 
+def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, rows: int = 128) -> torch.Tensor:
+    """Mask2Former's semantic inference with ECLIPSE's sigmoid classes: per pixel, class c scores
+    sum_q p_q(c) * sigmoid(mask_q) and the pixel takes the best class (0 where no class scores).
+
+    class_logits: [Q, K+1] after logit manipulation (no-object last); mask_logits: [Q, H, W] at output
+    size. Unlike softmax scores, sigmoid class scores of a query whose best column is no-object are not
+    a share of its mass, so such a query adds nothing (the panoptic merge drops it too). Scored `rows`
+    image rows at a time: memory stays at K x rows x W. Returns int64 [H, W] class ids (1-based)."""
+    num_classes = class_logits.shape[-1] - 1
+    probs = class_logits.sigmoid()
+    is_object = probs.argmax(-1) != num_classes
+    weights = probs[:, :-1] * is_object[:, None]
+    h, w = mask_logits.shape[-2:]
+    out = torch.zeros((h, w), dtype=torch.int64, device=mask_logits.device)
+    if not bool(is_object.any()):
+        return out
+    for top in range(0, h, rows):
+        scores = torch.einsum("qc,qhw->chw", weights, mask_logits[:, top : top + rows].sigmoid())
+        best, label = scores.max(0)
+        out[top : top + rows] = torch.where(best > 0, label + 1, 0)
+    return out
+
+
 def panoptic_merge(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
