@@ -92,3 +92,30 @@ def test_torchrun_ranks_average_gradients_and_stay_identical(tmp_path):
     trained = [k for k in a if not torch.equal(a[k], initial[k])]
     assert len(trained) > 10, "the weights must have moved"
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--delta", "0.5x"], "expected 'auto', 'paper' or a number"),
+    (["--methods", "eclipse", "distill"], "invalid choice: 'distill'"),
+    (["--iterations", "0"], "must be at least 1"),
+    (["--step-lr", "0"], "must be above 0"),
+    (["--eval-split", "test"], "invalid choice: 'test'"),
+])
+def test_bench_checks_its_options_before_anything_runs(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--scenario", "ade-panoptic-100-5", *args])  # would need data: nothing may have started
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_options_parse_to_what_runs():
+    from eclipse_napari.cli.bench import _given, build_parser
+
+    args = build_parser().parse_args(["--delta", "-0.4", "--max-steps", "2"])
+    assert args.delta == -0.4 and args.max_steps == 2
+    assert build_parser().parse_args(["--delta", "Paper"]).delta == "paper"
+    assert _given(0, 300) == 0 and _given(None, 300) == 300  # a given 0 is not "unset"
+
+
+def test_tuning_split_is_for_the_scenes_only(capsys):
+    assert main(["--scenario", "ade-panoptic-100-5", "--data-root", "/nonexistent", "--eval-split", "tune"]) == 1
+    assert "no tuning split" in capsys.readouterr().err

@@ -203,3 +203,23 @@ def test_resize_order_and_shapes():
     ref = torch.nn.functional.interpolate(up[:, :, :30, :36], size=(15, 18), mode="bilinear",
                                           align_corners=False)[0]
     assert torch.equal(out, ref)
+
+
+def test_semantic_inference_sums_class_and_mask_probabilities():
+    """Per pixel: sum over queries of sigmoid(class) x sigmoid(mask); a query whose best column is
+    no-object adds nothing; scoring a few rows at a time changes nothing."""
+    from model.network.postprocess import semantic_inference
+
+    big = 8.0
+    # 3 classes + no-object. q0: class 1 (prob .9); q1: class 2 (prob .6); q2: no-object wins (class 3 at .7).
+    logits = torch.tensor([[2.197, -big, -big, -big], [-big, 0.405, -big, -big], [-big, -big, 0.847, 3.0]])
+    masks = torch.full((3, 4, 6), -big)
+    masks[0, :, :3] = big  # q0 covers the left half
+    masks[1, :, 2:] = big  # q1 the right part, overlapping q0 on column 2
+    masks[2] = big  # q2 everywhere, but it is no-object
+    out = semantic_inference(logits, masks)
+    assert out.dtype == torch.int64 and out.shape == (4, 6)
+    assert (out[:, :3] == 1).all() and (out[:, 3:] == 2).all()  # column 2: .9 beats .6
+    assert torch.equal(semantic_inference(logits, masks, rows=1), out)
+    nothing = semantic_inference(logits[2:], masks[2:])
+    assert (nothing == 0).all()  # only a no-object query: no class anywhere

@@ -232,3 +232,55 @@ def test_dihedral_gives_every_symmetry_of_a_square_and_leaves_other_draws_alone(
         out, t = train_transform(AugmentConfig(dihedral=True)).apply(wide, wide_target, seed)
         assert out.shape == wide.shape and t["masks"].shape[1:] == (40, 60)
     assert A.learn().dihedral and not A.scenes().dihedral
+
+
+class _OneImage:
+    """A dataset of one image: flat colour regions, each a segment of the given dataset categories."""
+
+    def __init__(self, categories):
+        image, target = scene(40, 60)
+        self.regions = target["masks"].int().argmax(0).numpy()
+        self.categories = categories
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        from model.data.coco_panoptic import PanopticSample
+
+        image = COLOURS[torch.from_numpy(self.regions)].numpy()
+        ids = self.regions.astype(np.int64) + 1
+        segments = [{"id": i + 1, "category_id": c, "iscrowd": 0} for i, c in enumerate(self.categories)]
+        return PanopticSample(image, ids, segments, 0)
+
+
+@pytest.mark.parametrize("name,shape", [("ade-panoptic-100-5", (640, 640)), ("ade-semantic-100-5", (512, 512)),
+                                        ("coco-panoptic-83-5", (800, 1200)), ("scenes-16-8", (40, 60))])
+def test_each_scenario_trains_with_its_own_augmentation(name, shape):
+    """The bench's training samples go through the scenario's augmentation: the published crop or
+    resize, masks that follow the image, the same sample for the same seed."""
+    from model.data.scenarios import get_scenario
+    from model.data.training_set import StepTrainingSet
+
+    scenario = get_scenario(name)
+    categories = list(scenario.step_classes(0)[:5])
+    data = StepTrainingSet(_OneImage(categories), scenario, scenario.augment, keep=None)
+    image, target = data.sample(0, 7)
+    assert tuple(image.shape) == (3, *shape) and tuple(target["masks"].shape[1:]) == shape
+    again = data.sample(0, 7)
+    assert torch.equal(image, again[0]) and torch.equal(target["masks"], again[1]["masks"])
+    others = [data.sample(0, s)[0] for s in range(8, 12)]
+    assert any(o.shape != image.shape or not torch.equal(o, image) for o in others)
+    if scenario.augment.brightness == 0:  # no colour jitter: every pixel keeps its region's colour
+        idx = colour_index(image)
+        blur = 2 + 2 * -(-shape[0] // 40)  # an upscale blurs edges over about its factor in pixels
+        checked = 0
+        for label, mask in zip(target["labels"].tolist(), target["masks"]):
+            region = [scenario.learning_id(c) for c in categories].index(label)
+            interior = torch.from_numpy(ndimage.binary_erosion(mask.numpy(), iterations=blur))
+            assert (idx[interior] == region).all()
+            checked += bool(interior.any())
+        assert checked >= 3
+    else:  # jitter changes colours, not where the regions are: the masks still tile the image's regions
+        covered = target["masks"].any(0)
+        assert covered.float().mean() > 0.3 and (target["masks"].sum(0) <= 1).all()

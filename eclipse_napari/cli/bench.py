@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-iterations", type=positive_int, default=None,
                    help="step-0 iterations (default: the scenario's)")
     p.add_argument("--backbone", default=None, help="backbone for --train-base (default: the scenario's)")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="learn only the first N continual steps (a quick check of a long scenario)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="iterations per step (default: the scenario's)")
@@ -133,12 +135,18 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.eval_split == "tune" and scenario.dataset != "scenes":
+        print(f"error: {scenario.dataset} has no tuning split here (only the generated scenes do): evaluate on val",
+              file=sys.stderr)
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world = setup_distributed(device)
     log = print if rank == 0 else (lambda *a, **k: None)
     out = args.out or default_output_dir(scenario)
+    if args.max_steps is not None:
+        scenario = scenario.first_steps(args.max_steps)
     try:
         root = args.data_root
         if scenario.dataset == "scenes":
