@@ -131,12 +131,12 @@ class ContinualBenchmark:
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, model: EclipseModel, step: int) -> dict:
         """Group -> scores after `step`: PQ for panoptic scenarios; mIoU of the semantic inference for
-        semantic ones (the paper's tables)."""
-        groups = eval_groups(self.scenario, step)
+        semantic ones (the paper's tables); images resized to the scenario's test size first."""
+        groups, size = eval_groups(self.scenario, step), self.scenario.test_size
         with torch.no_grad():
             if self.scenario.task == "semantic":
-                return _summary(evaluate_semantic(model, self.val, groups, num_classes=max(self.categories)))
-            return _summary(evaluate(model, self.val, groups, categories=self.categories))
+                return _summary(evaluate_semantic(model, self.val, groups, max(self.categories), size))
+            return _summary(evaluate(model, self.val, groups, categories=self.categories, test_size=size))
 
     # ----------------------------------------------------------------- checkpoints after each step
     def _step_dir(self, method: str, step: int) -> Path | None:

@@ -119,3 +119,23 @@ def test_bench_options_parse_to_what_runs():
 def test_tuning_split_is_for_the_scenes_only(capsys):
     assert main(["--scenario", "ade-panoptic-100-5", "--data-root", "/nonexistent", "--eval-split", "tune"]) == 1
     assert "no tuning split" in capsys.readouterr().err
+
+
+def test_the_gpu_check_runs_end_to_end_in_its_cpu_smoke_mode(tmp_path):
+    """benchmarks/gpu_check.py is run once a GPU machine is lent; its --smoke mode (CPU, tiny model) runs
+    every part here (step 0, step t, torchrun with 2 processes, one Learn) so the script is ready."""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--smoke", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["check"] for r in rows] == ["step 0 training", "step t training", "torchrun, 2 processes",
+                                          "Learn (prompt step)"]
+    assert all(r["it_per_s"] > 0 for r in rows) and "ranks identical: True" in rows[2]["note"]
+    assert rows[1]["trainable"] < rows[0]["trainable"] / 5
+    assert "GPU check on CPU (smoke)" in (tmp_path / "results.txt").read_text()
+    no_gpu = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=root)
+    if not torch.cuda.is_available():
+        assert no_gpu.returncode == 1 and "no CUDA device" in no_gpu.stderr

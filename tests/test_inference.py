@@ -54,3 +54,23 @@ def test_bad_images_are_refused(model, image, message):
 def test_preprocess_refuses_wrong_batch_layout(model):
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model.preprocess(torch.zeros(3, 8, 8))
+
+
+def test_evaluation_at_a_test_size_scores_at_the_ground_truths_size():
+    """The benchmark resizes images to the scenario's test size before predicting; predictions come
+    back at the ground truth's size, and the resize itself follows the short side."""
+    from model.data.labelled import LabelledImage
+    from model.evaluation.evaluate import evaluate, evaluate_semantic, test_input
+    from model.network.build import build_model
+    from model.network.config import tiny_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    image = np.random.default_rng(0).integers(0, 255, (30, 45, 3), dtype=np.uint8)
+    assert tuple(test_input(image, (64, 1000)).shape) == (3, 64, 96) and test_input(image, None) is image
+    ids = np.zeros((30, 45), np.int64)
+    ids[5:20, 5:30] = 1
+    item = LabelledImage(image, ids, [{"id": 1, "category_id": 2, "iscrowd": 0}])
+    pq = evaluate(model, [item], test_size=(64, 1000))
+    miou = evaluate_semantic(model, [item], test_size=(64, 1000))
+    assert pq["num_images"] == 1 and miou["num_images"] == 1 and 0 <= miou["miou"]["All"].miou <= 1

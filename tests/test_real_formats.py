@@ -79,6 +79,7 @@ def test_ade_panoptic_one_step_from_the_release_layout(ade_root, tmp_path, capsy
     assert data["scenario"] == "ade-panoptic-100-50" and data["metric"] == "pq" and data["task"] == "panoptic"
     assert data["settings"]["augment"]["crop_size"] == [640, 640]  # the paper's ADE panoptic augmentation
     assert data["settings"]["loss"]["num_points"] == 12544
+    assert data["test_size"] == [640, 2560]  # evaluated at short side 640, as published
     eclipse = data["methods"]["eclipse"][-1]
     assert eclipse["step"] == 1 and set(eclipse["pq"]) >= {"old", "new", "all"} and not eclipse["miou"]
     assert "PQ old" in printed and "ECLIPSE (delta auto)" in printed and "joint" in printed

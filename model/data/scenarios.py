@@ -49,6 +49,7 @@ class Scenario:
     deltas: tuple[float, ...]
     augment: AugmentConfig = AugmentConfig()  # training augmentation of every step (the identity by default)
     loss: LossConfig = LossConfig()
+    test_size: tuple[int, int] | None = None  # evaluation resize: (short side, max long side); None: native
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -221,11 +222,11 @@ def _deltas(first: float, rest: float, steps: int, explicit: tuple | None = None
 
 
 def _paper(name, dataset, task, order, base, inc, *, queries, prompts, it_base, it_step, batch, step_lr,
-           backbone, deltas, augment) -> Scenario:
+           backbone, deltas, augment, test_size) -> Scenario:
     return Scenario(name=name, dataset=dataset, task=task, class_order=order, num_base=base, increment=inc,
                     num_queries=queries, prompts_per_step=prompts, iterations_base=it_base,
                     iterations_per_step=it_step, batch_size=batch, base_lr=1e-4, step_lr=step_lr,
-                    backbone=backbone, deltas=deltas, augment=augment, loss=LossConfig())
+                    backbone=backbone, deltas=deltas, augment=augment, loss=LossConfig(), test_size=test_size)
 
 
 def _scene_ids_from_module() -> tuple[int, ...]:
@@ -295,7 +296,8 @@ def _build_scenarios() -> dict[str, Scenario]:
     ):
         out.append(_paper(f"ade-panoptic-{base}-{inc}", "ade20k", "panoptic", ade, base, inc, queries=queries,
                           prompts=prompts, it_base=it_base, it_step=it_step, batch=8, step_lr=5e-4,
-                          backbone="resnet50", deltas=deltas, augment=ade_panoptic()))
+                          backbone="resnet50", deltas=deltas, augment=ade_panoptic(),
+                          test_size=(640, 2560)))
     # ADE20K semantic, R101, batch 16, step LR 1e-3, mIoU.
     for inc, prompts, it_step, deltas in (
         (5, 5, 12_000, _deltas(0.1, 0.8, 10)),
@@ -304,13 +306,15 @@ def _build_scenarios() -> dict[str, Scenario]:
     ):
         out.append(_paper(f"ade-semantic-100-{inc}", "ade20k", "semantic", ade, 100, inc, queries=100,
                           prompts=prompts, it_base=160_000, it_step=it_step, batch=16, step_lr=1e-3,
-                          backbone="resnet101", deltas=deltas, augment=ade_semantic()))
+                          backbone="resnet101", deltas=deltas, augment=ade_semantic(),
+                          test_size=(512, 2048)))
     # COCO panoptic 83-x, R50, batch 16.
     for inc, it_step in ((5, 8_000), (10, 32_000)):
         steps = 50 // inc
         out.append(_paper(f"coco-panoptic-83-{inc}", "coco", "panoptic", coco, 83, inc, queries=100, prompts=10,
                           it_base=240_000, it_step=it_step, batch=16, step_lr=5e-4, backbone="resnet50",
-                          deltas=_deltas(0.5, 0.6, steps), augment=coco_panoptic()))
+                          deltas=_deltas(0.5, 0.6, steps), augment=coco_panoptic(),
+                          test_size=(800, 1333)))
     # Generated scenes over categories 1..24 (fixed here so importing this module never imports scenes.py).
     scene_ids = tuple(range(1, SCENE_CLASS_COUNT + 1))
     for base, inc in ((16, 2), (16, 8), (20, 4)):
