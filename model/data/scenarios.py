@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from ..training.loss_config import LossConfig
+from ..settings import LossConfig
 from .augment import AugmentConfig, ade_panoptic, ade_semantic, coco_panoptic, scenes
 from .categories import COCO_83_ORDER, ade20k_categories, coco_panoptic_categories
 

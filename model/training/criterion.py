@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..network.decoder import DecoderMemory
 from ..network.eclipse import EclipseModel
-from .loss_config import LossConfig
+from ..settings import LossConfig
 from .losses import SetCriterion
 from .matcher import HungarianMatcher
 

@@ -1,4 +1,5 @@
-"""The losses' settings (no torch here: scenarios and command lines record them without loading it)."""
+"""Settings shared across the layers (no torch here): the losses' settings, which a scenario (data) owns and
+the training reads, and command lines record without loading torch."""
 
 from dataclasses import dataclass
 
