@@ -66,25 +66,43 @@ def test_step_t_uses_the_cache_and_trains_only_the_step(base_model):
 
 
 def test_step_t_trains_the_same_from_the_cache_as_without_it(base_model):
-    """The cache keeps frozen features, the decoder's projected memory and augmented targets per
-    (image, variant): training from them must be exactly training from freshly computed ones (nothing
-    cached may be changed in place by an iteration)."""
+    """The cache keeps frozen features, the decoder's memory (with or without its projected keys and
+    values) and augmented targets per (image, variant): training from them must be exactly training from
+    freshly computed ones (nothing cached may be changed in place by an iteration)."""
+    from model.training.engine import Trainer
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        other = build_model(tiny_config(), ["square", "bar", "sky"], [True, True, False])
-        other.load_state_dict(base_model.state_dict())
         runs = []
-        for model, cache_mb in ((base_model, 64), (other, 0)):
+        for cache_mb, keep in ((64, True), (64, False), (0, None)):
+            model = build_model(tiny_config(), ["square", "bar", "sky"], [True, True, False])
+            model.load_state_dict(base_model.state_dict())
             model.add_step(["disc", "ring"], [True, True], 4)
-            torch.manual_seed(1)  # the step's tensors start alike
-            runs.append(train(model, Shapes((4, 5), count=2), _config(iterations=8, cache_mb=cache_mb)))
-        assert runs[0].cache_hits > 0 and runs[1].cache_hits == 0
-        assert runs[0].losses == runs[1].losses
-        a, b = (dict(m.decoder.groups[1].named_parameters()) for m in (base_model, other))
-        assert all(torch.equal(a[k], b[k]) for k in a)
+            torch.manual_seed(1)
+            trainer = Trainer(model, Shapes((4, 5), count=2), _config(iterations=8, cache_mb=cache_mb))
+            trainer.keep_projections = keep  # None: decided on the first sample
+            losses = [trainer.step() for _ in range(8)]
+            runs.append((losses, trainer.cache.hits, model.decoder.groups[1].state_dict()))
+        assert runs[0][1] > 0 and runs[1][1] > 0 and runs[2][1] == 0
+        for losses, _, state in runs[1:]:
+            assert losses == runs[0][0]
+            assert all(torch.equal(state[k], v) for k, v in runs[0][2].items())
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_cache_keeps_projections_only_when_every_variant_fits(base_model):
+    from model.training.engine import Trainer
+
+    base_model.add_step(["disc", "ring"], [True, True], 4)
+    roomy = Trainer(base_model, Shapes((4, 5), count=2), _config(cache_mb=64))
+    roomy.step()
+    tight = Trainer(base_model, Shapes((4, 5), count=2), _config(cache_mb=1, augment_variants=50))
+    tight.step()
+    assert roomy.keep_projections is True and tight.keep_projections is False
+    entry = next(iter(tight.cache._entries.values()))
+    assert entry[1].keys_values is None and entry[1].memories is not None
 
 
 def test_resume_continues_exactly(base_model, tmp_path):

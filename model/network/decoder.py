@@ -63,19 +63,26 @@ class DecoderMemory:
     computes it once per (image, augmentation) and keeps it with the features."""
 
     level_features: list[torch.Tensor]  # [B, D, h*w] per level
-    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # [B, heads, S, D/heads] per layer
+    # [B, heads, S, D/heads] per layer; or None, with the memories kept instead (projected per use:
+    # a third of the bytes, for when a cache cannot hold the projections of every image)
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None
+    memories: list[torch.Tensor] | None = None
 
     @staticmethod
     def cat(memories: "list[DecoderMemory]") -> "DecoderMemory":
-        """One batch from memories of equal feature size."""
-        return DecoderMemory(
-            [torch.cat(level) for level in zip(*(m.level_features for m in memories))],
-            [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
-             for layer in zip(*(m.keys_values for m in memories))],
-        )
+        """One batch from memories of equal feature size (all with projections, or none)."""
+        levels = [torch.cat(level) for level in zip(*(m.level_features for m in memories))]
+        if memories[0].keys_values is None:
+            return DecoderMemory(levels, None, [torch.cat(level) for level in zip(*(m.memories for m in memories))])
+        return DecoderMemory(levels, [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
+                                      for layer in zip(*(m.keys_values for m in memories))])
+
+    def without_projections(self, memories: list[torch.Tensor]) -> "DecoderMemory":
+        return DecoderMemory(self.level_features, None, list(memories))
 
     def tensors(self) -> list[torch.Tensor]:
-        return self.level_features + [t for kv in self.keys_values for t in kv]
+        projected = [t for kv in self.keys_values for t in kv] if self.keys_values is not None else self.memories
+        return self.level_features + projected
 
 
 class MaskedAttentionDecoder(nn.Module):
@@ -109,11 +116,14 @@ class MaskedAttentionDecoder(nn.Module):
         h = self.norm(hidden)
         return h, group.mask_mlp(h)
 
-    def prepare(self, memories: list[torch.Tensor], mask_features: torch.Tensor) -> DecoderMemory:
-        """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels)."""
+    def prepare(self, memories: list[torch.Tensor], mask_features: torch.Tensor, project: bool = True) -> DecoderMemory:
+        """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels); `project`: with
+        every layer's keys and values (else the memories, projected when decoding)."""
+        levels = self._level_features(memories, mask_features)
+        if not project:
+            return DecoderMemory(levels, None, list(memories))
         inputs = self._memory_inputs(memories)
-        return DecoderMemory(self._level_features(memories, mask_features),
-                             [self._keys_values(i, inputs) for i in range(self.num_layers)])
+        return DecoderMemory(levels, [self._keys_values(i, inputs) for i in range(self.num_layers)])
 
     @staticmethod
     def _level_features(memories, mask_features) -> list[torch.Tensor]:
@@ -142,16 +152,19 @@ class MaskedAttentionDecoder(nn.Module):
         prepared: DecoderMemory | None = None,
     ) -> DecoderOutput:
         """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels); or `prepared`
-        from them (`prepare`), then `memories` is not read. Without `prepared`, each layer's keys and
-        values are projected when the layer runs (one layer's at a time in memory)."""
+        from them (`prepare`), then `memories` is not read. Without projections prepared, each layer's
+        keys and values are projected when the layer runs (one layer's at a time in memory)."""
         if group_ids is None:
             group_ids = list(range(len(self.groups)))
         group_ids = [g for g in group_ids if self.groups[g].num_queries > 0]  # dense steps have none
         batch = mask_features.shape[0]
         if prepared is not None:
             level_features = prepared.level_features
+            if prepared.keys_values is None:
+                inputs = self._memory_inputs(prepared.memories)
         else:
             level_features, inputs = self._level_features(memories, mask_features), self._memory_inputs(memories)
+        projected = prepared.keys_values if prepared is not None else None
 
         groups = [self.groups[g] for g in group_ids]
         hidden = [g.content.unsqueeze(0).expand(batch, -1, -1) for g in groups]
@@ -160,7 +173,7 @@ class MaskedAttentionDecoder(nn.Module):
         self._collect(out, preds)
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
-            kv = prepared.keys_values[i] if prepared is not None else self._keys_values(i, inputs)
+            kv = projected[i] if projected is not None else self._keys_values(i, inputs)
             for k, g in enumerate(groups):
                 # sigmoid(mask) < 0.5, decided on the logit itself (one op fewer per group and layer).
                 blocked = torch.einsum("bqc,bcs->bqs", preds[k][1], level_features[level]) < 0

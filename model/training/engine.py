@@ -28,7 +28,7 @@ from ..network.dense_head import dense_input
 from ..network.eclipse import EclipseModel
 from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
 from .dense import dense_loss, dense_targets
-from .feature_cache import FeatureCache
+from .feature_cache import FeatureCache, features_nbytes
 from .progress import Progress, RunState
 
 
@@ -126,6 +126,7 @@ class Trainer:
         self.frozen_features = model.num_steps > 0
         self.dense = model.num_steps > 0 and model.groups[-1].num_queries == 0  # a dense step: pixel losses
         self.cache = FeatureCache(config.cache_mb * 2**20 if self.frozen_features else 0)
+        self.keep_projections: bool | None = None  # decided on the first frozen sample
         self.criterion = None if self.dense else build_criterion(model, config.loss)
         self.optimizer = build_optimizer(model, config)
         total = config.iterations
@@ -143,14 +144,23 @@ class Trainer:
     def _frozen_sample(self, index: int, variant: int, iteration: int):
         """(mask features, decoder memory, target) of one (image, augmentation) at step t. All of it is
         frozen (features, the memory's projected keys and values, the augmented target), so with
-        augmentation variants it is made once per variant and cached."""
+        augmentation variants it is made once per variant and cached. The projections triple an entry's
+        bytes: they are kept only while every (image, variant) of the run fits the cache with them
+        (otherwise a larger share of entries fits without them, and a miss costs far more)."""
         def compute():
             img, target = self.data.sample(index, _augmentation_seed(self.config, index, variant, iteration))
             with torch.no_grad(), self._autocast():
                 x, _ = self.model.preprocess(img[None].to(self.device))
                 mask_features, memories = self.model.encode(x)
                 mask_features, memories = mask_features.float(), [m.float() for m in memories]
-                prepared = self.model.decoder.prepare(memories, mask_features)
+                prepared = self.model.decoder.prepare(memories, mask_features, self.keep_projections is not False)
+            if self.keep_projections is None:
+                pairs = len(self.data) * self.config.augment_variants
+                entry = features_nbytes((mask_features, prepared, target))
+                # Without a cache an entry serves once: keep what was computed.
+                self.keep_projections = not self.cache.budget_bytes or pairs * entry <= self.cache.budget_bytes
+                if not self.keep_projections:
+                    prepared = prepared.without_projections(memories)
             return mask_features, prepared, _to(target, self.device)
 
         if self.config.augment_variants > 0:
