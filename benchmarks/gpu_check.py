@@ -183,6 +183,8 @@ def worker(out: Path, smoke: bool) -> None:
     _sync(device)
     seconds = time.perf_counter() - start
     flat = torch.cat([p.detach().float().flatten() for p in model.parameters() if p.requires_grad])
+    if backend == "gloo":
+        flat = flat.cpu()  # gloo gathers CPU tensors
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     if dist.get_rank() == 0:
