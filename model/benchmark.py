@@ -113,9 +113,12 @@ class ContinualBenchmark:
         progress: Callable[[Progress], None] | None = None,
         out_dir: Path | None = None,
         resume: bool = False,
+        semantic_folder: Path | None = None,
     ):
         """out_dir: where every finished step is saved (model + record) with the resumable training state;
-        resume: skip steps already finished there and continue an interrupted one."""
+        resume: skip steps already finished there and continue an interrupted one; semantic_folder: the
+        evaluation images' semantic annotations (ADE20K's annotations/validation), the mIoU ground truth
+        of semantic scenarios."""
         self.scenario, self.train_set, self.val_set, self.settings = scenario, train_set, val_set, settings
         self.log, self.progress = log, progress
         self.out_dir, self.resume = (Path(out_dir) if out_dir is not None else None), resume
@@ -124,7 +127,7 @@ class ContinualBenchmark:
         ids = list(val_set.image_ids)
         if settings.max_eval_images is not None:
             ids = ids[: settings.max_eval_images]
-        self.val = list(labelled_images(val_set.subset(ids), scenario))
+        self.val = list(labelled_images(val_set.subset(ids), scenario, semantic_folder=semantic_folder))
         things = {c["id"]: bool(c["isthing"]) for c in val_set.categories}
         self.categories = {scenario.learning_id(d): things[d] for d in scenario.class_order}
 

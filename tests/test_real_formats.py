@@ -45,6 +45,8 @@ def _ade_sample(k: int):
         sem[28:40, 20 + o:40 + o] = VAN
         ins[28:40, 20 + o:40 + o] = (_instance_code(VAN), 2, 0)
         sem[4:14, 30:44] = POSTER
+    if k >= 2:
+        sem[41:46, 2:8] = VAN  # van pixels without an instance id: void in the panoptic conversion
     image[sem == VAN] = (200, 40, 40)
     image[sem == POSTER] = (40, 200, 200)
     return image, sem, ins
@@ -98,6 +100,25 @@ def test_ade_semantic_reports_miou_of_semantic_inference(ade_root, tmp_path, cap
     assert "mIoU old" in printed and "PQ" not in printed.split("mIoU old")[1].splitlines()[0]
     assert eclipse["deltas"] == pytest.approx([0.0, -0.1])  # the published values of ade-semantic-100-50
     assert (tmp_path / "run" / "miou_per_step.png").exists()
+
+
+def test_ade_semantic_ground_truth_is_the_releases_semantic_annotation(ade_root):
+    """mIoU is scored against annotations/validation/*.png, as published, not against the panoptic
+    conversion (where thing pixels without an instance id are void)."""
+    from eclipse_napari.cli.bench_setup import open_datasets, semantic_folder
+    from model.data.labelled import labelled_images
+    from model.data.scenarios import get_scenario
+
+    scenario = get_scenario("ade-semantic-100-50")
+    folder = semantic_folder(scenario, ade_root)
+    assert folder == ade_root / "annotations" / "validation"
+    assert semantic_folder(get_scenario("ade-panoptic-100-50"), ade_root) is None
+    _, val = open_datasets(scenario, ade_root)
+    items = list(labelled_images(val, scenario, semantic_folder=folder))
+    second = items[1]  # sample k = 2
+    van = scenario.learning_id(VAN)
+    assert (second.gt_semantic[41:46, 2:8] == van).all() and (second.gt_ids[41:46, 2:8] == 0).all()
+    assert (second.gt_semantic[:3, :3] == 0).all() and (second.gt_semantic[SIZE - 1] == scenario.learning_id(FLOOR)).all()
 
 
 # COCO panoptic file ids: things person 1, car 3, stop sign 13 (step 1 of 83-x); stuff road 149 (step 1).

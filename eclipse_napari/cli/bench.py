@@ -28,6 +28,7 @@ from .bench_setup import (
     ensure_scene_data,
     load_base_model,
     open_datasets,
+    semantic_folder,
     setup_distributed,
     train_base_model,
 )
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
             base = load_base_model(args.base, scenario, train_set)
         base = base.to(device)
         bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log, progress=progress_bar(rank),
-                                   out_dir=out, resume=args.resume)
+                                   out_dir=out, resume=args.resume, semantic_folder=semantic_folder(scenario, root, log))
         start = time.perf_counter()
         results = bench.run(base, args.methods)
         results["seconds"] = time.perf_counter() - start
@@ -219,7 +220,8 @@ def _eval_only(args, scenario, train_set, val_set, device, log) -> int:
     model = load_model(args.eval_only, device)
     settings = BenchSettings(0, 1, 0.0, 0.0, 1, device=device, max_eval_images=args.max_eval_images,
                              eval_split=args.eval_split)
-    bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log)
+    bench = ContinualBenchmark(scenario, train_set, val_set, settings, log=log,
+                               semantic_folder=semantic_folder(scenario, args.data_root, log))
     pq = bench.evaluate(model, min(model.num_steps, scenario.num_steps))
     log(json.dumps({"model": str(args.eval_only), "steps": model.num_steps, scenario.metric: pq,
                     "split": args.eval_split}, indent=2))

@@ -72,6 +72,19 @@ def dataset_paths(dataset: str, root: Path, split: str) -> tuple[Path, Path, Pat
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
+def semantic_folder(scenario, root: Path | None, log=print) -> Path | None:
+    """ADE20K semantic scenarios score mIoU against the release's own semantic annotations
+    (ROOT/annotations/validation, beside the converted panoptic files), as published; without them, from
+    the panoptic segments (thing pixels without an instance are void there), said once."""
+    if scenario.task != "semantic" or scenario.dataset != "ade20k" or root is None:
+        return None
+    folder = Path(root) / "annotations" / "validation"
+    if folder.is_dir():
+        return folder
+    log(f"note: {folder} not found; mIoU ground truth comes from the panoptic segments")
+    return None
+
+
 def open_datasets(scenario, root: Path, eval_split: str = "val"):
     """(training set, evaluation set); `eval_split` "tune" evaluates on the scenes' tuning split."""
     from model.data.coco_panoptic import PanopticDataset

@@ -174,6 +174,11 @@ def _read_label_png(path: Path, ndim: int) -> np.ndarray:
     return a
 
 
+def read_label_png(path: Path) -> np.ndarray:
+    """An ADE20K semantic annotation (annotations/*.png): uint8 [H, W] class ids 0..150, 0 = void."""
+    return _read_label_png(Path(path), 2)
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image, from its header."""
     try:

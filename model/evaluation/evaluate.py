@@ -69,12 +69,14 @@ def evaluate_semantic(
     test_size: tuple[int, int | None] | None = None,
 ) -> dict:
     """mIoU of `model`'s semantic inference (`EclipseModel.predict_semantic`) over labelled images, per
-    class group; the ground truth's class of each pixel comes from its (non-crowd) segments. Classes
+    class group; the ground truth is the image's own semantic annotation where it has one
+    (`gt_semantic`), else each pixel's (non-crowd) segment's class. Classes
     1..`num_classes` (default: the model's) count, unlearned ones as misses."""
     miou = SemanticIoU(num_classes or model.num_classes)
     n = 0
     for n, item in enumerate(images, start=1):
-        gt = panoptic_to_semantic(item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
+        gt = item.gt_semantic if item.gt_semantic is not None else panoptic_to_semantic(
+            item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
         semantic = model.predict_semantic(test_input(item.image, test_size), output_size=tuple(item.gt_ids.shape))
         miou.update(gt, semantic.numpy(), where=f"image {n}")
     return {"miou": miou.summary(groups), "iou_per_class": miou.compute(), "num_images": n}
