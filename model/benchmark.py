@@ -69,10 +69,6 @@ class StepRecord:
     peak_memory_mib: float = 0.0
     miou: dict = field(default_factory=dict)  # semantic scenarios: group -> {"miou", "n"}
 
-    @property
-    def scores(self) -> dict:
-        return self.miou or self.pq
-
 
 def class_specs(dataset: PanopticDataset, scenario: Scenario, step: int):
     by_id = {c["id"]: c for c in dataset.categories}
@@ -96,10 +92,10 @@ def _summary(result: dict) -> dict:
 
 def _record(step, seconds, result, scores: dict, task: str, **extra) -> StepRecord:
     """A step's record, its scores under the scenario's metric (PQ, or mIoU for semantic scenarios)."""
-    by_metric = {"miou": scores} if task == "semantic" else {"pq": scores}
+    semantic = task == "semantic"
     return StepRecord(step, seconds, result.trainable_parameters, result.iterations,
-                      result.losses[-1] if result.losses else math.nan, by_metric.get("pq", {}),
-                      miou=by_metric.get("miou", {}), **extra)
+                      result.losses[-1] if result.losses else math.nan, {} if semantic else scores,
+                      miou=scores if semantic else {}, **extra)
 
 
 class ContinualBenchmark:

@@ -136,10 +136,6 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.eval_split == "tune" and scenario.dataset != "scenes":
-        print(f"error: {scenario.dataset} has no tuning split here (only the generated scenes do): evaluate on val",
-              file=sys.stderr)
-        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -89,14 +89,12 @@ def open_datasets(scenario, root: Path, eval_split: str = "val"):
     """(training set, evaluation set); `eval_split` "tune" evaluates on the scenes' tuning split."""
     from model.data.coco_panoptic import PanopticDataset
 
-    sets = []
-    for split in ("train", eval_split):
-        json_path, images, panoptic = dataset_paths(scenario.dataset, Path(root), split)
-        for p in (json_path, images, panoptic):
-            if not p.exists():
-                raise FileNotFoundError(f"{p} not found: {scenario.dataset} data is expected under {root}")
-        sets.append(PanopticDataset(json_path, images, panoptic))
-    return sets[0], sets[1]
+    paths = [dataset_paths(scenario.dataset, Path(root), split) for split in ("train", eval_split)]
+    for p in (p for split in paths for p in split):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: {scenario.dataset} data is expected under {root}")
+    train, evaluation = (PanopticDataset(*split) for split in paths)
+    return train, evaluation
 
 
 def load_base_model(path: Path | None, scenario, train_set):

@@ -18,6 +18,13 @@ def segments_as_dicts(result: PanopticResult) -> list[dict]:
     return [{"id": s.id, "category_id": s.category_id} for s in result.segments]
 
 
+def _gt_semantic(item: LabelledImage):
+    """The image's own semantic annotation where it has one, else each pixel's (non-crowd) segment's class."""
+    if item.gt_semantic is not None:
+        return item.gt_semantic
+    return panoptic_to_semantic(item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
+
+
 def test_input(image, test_size: tuple[int, int | None] | None):
     """The image the model sees at test time: resized so its short side is test_size[0] (long side at
     most test_size[1]), as the paper's evaluation does; None: as it is. Predictions are brought back to
@@ -52,8 +59,7 @@ def evaluate(
         pred_ids = result.panoptic_seg.numpy()
         pq.update(item.gt_ids, item.gt_segments, pred_ids, segments_as_dicts(result), where=f"image {n}")
         if miou is not None:
-            gt_sem = panoptic_to_semantic(item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
-            miou.update(gt_sem, result.semantic.numpy(), where=f"image {n}")
+            miou.update(_gt_semantic(item), result.semantic.numpy(), where=f"image {n}")
     out = {"pq": pq.summary(groups), "pq_per_class": pq.compute(), "num_images": pq.num_images}
     if miou is not None:
         out["miou"] = miou.summary(groups)
@@ -69,14 +75,11 @@ def evaluate_semantic(
     test_size: tuple[int, int | None] | None = None,
 ) -> dict:
     """mIoU of `model`'s semantic inference (`EclipseModel.predict_semantic`) over labelled images, per
-    class group; the ground truth is the image's own semantic annotation where it has one
-    (`gt_semantic`), else each pixel's (non-crowd) segment's class. Classes
+    class group, against `_gt_semantic`. Classes
     1..`num_classes` (default: the model's) count, unlearned ones as misses."""
     miou = SemanticIoU(num_classes or model.num_classes)
     n = 0
     for n, item in enumerate(images, start=1):
-        gt = item.gt_semantic if item.gt_semantic is not None else panoptic_to_semantic(
-            item.gt_ids, [s for s in item.gt_segments if not s.get("iscrowd")])
         semantic = model.predict_semantic(test_input(item.image, test_size), output_size=tuple(item.gt_ids.shape))
-        miou.update(gt, semantic.numpy(), where=f"image {n}")
+        miou.update(_gt_semantic(item), semantic.numpy(), where=f"image {n}")
     return {"miou": miou.summary(groups), "iou_per_class": miou.compute(), "num_images": n}

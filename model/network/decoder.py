@@ -158,13 +158,10 @@ class MaskedAttentionDecoder(nn.Module):
             group_ids = list(range(len(self.groups)))
         group_ids = [g for g in group_ids if self.groups[g].num_queries > 0]  # dense steps have none
         batch = mask_features.shape[0]
-        if prepared is not None:
-            level_features = prepared.level_features
-            if prepared.keys_values is None:
-                inputs = self._memory_inputs(prepared.memories)
-        else:
-            level_features, inputs = self._level_features(memories, mask_features), self._memory_inputs(memories)
-        projected = prepared.keys_values if prepared is not None else None
+        if prepared is None:
+            prepared = self.prepare(memories, mask_features, project=False)
+        level_features, projected = prepared.level_features, prepared.keys_values
+        inputs = self._memory_inputs(prepared.memories) if projected is None else None
 
         groups = [self.groups[g] for g in group_ids]
         hidden = [g.content.unsqueeze(0).expand(batch, -1, -1) for g in groups]
