@@ -1,8 +1,12 @@
 """Dense steps' post-processing: which pixels a step may claim, instance splitting, snapping to queries."""
 
 import numpy as np
+import pytest
 
 from model.network.dense_head import InstanceRule, dense_segments, snap_to_queries
+
+# Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
+pytestmark = pytest.mark.exact
 
 
 def disc(shape, cy, cx, r):

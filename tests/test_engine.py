@@ -8,6 +8,9 @@ from model.network.config import tiny_config
 from model.training.criterion import LossConfig
 from model.training.engine import NonFiniteLossError, TrainConfig, train
 
+# Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
+pytestmark = pytest.mark.exact
+
 
 class Shapes:
     """A few synthetic images: a bright square (class `square_id`) and a dark bar (class `bar_id`)."""

@@ -7,6 +7,9 @@ import torch
 from model.network.build import build_model
 from model.network.config import tiny_config
 
+# Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
+pytestmark = pytest.mark.exact
+
 
 @pytest.fixture(scope="module")
 def model():

@@ -10,6 +10,9 @@ from model import Example, LearnConfig, learn_class
 from model.network.build import build_model
 from model.network.config import tiny_config
 
+# Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
+pytestmark = pytest.mark.exact
+
 FAST = LearnConfig.prompts(iterations=6, batch_size=2, num_points=256, augment_variants=2)  # a prompt step
 DENSE = LearnConfig(iterations=150, augment_variants=2)  # the default learner: a dense step
 

@@ -137,11 +137,23 @@ class MaskedAttentionDecoder(nn.Module):
         inputs = []
         for level, m in enumerate(memories):
             pos = sine_position_encoding(*m.shape[-2:], self.dim // 2, device=m.device, dtype=m.dtype)
-            inputs.append((m.flatten(2).transpose(1, 2) + self.level_embed[level], pos.flatten(2).transpose(1, 2)))
+            # One memory layout whatever the caller's (the pixel decoder gives transposed views, a batch
+            # made by torch.cat contiguous ones): BLAS sums in a layout-dependent order, and the cached
+            # and uncached paths of a step's training must give the same numbers on every machine.
+            tokens = m.flatten(2).transpose(1, 2).contiguous()
+            inputs.append((tokens + self.level_embed[level], pos.flatten(2).transpose(1, 2)))
         return inputs
 
     def _keys_values(self, layer: int, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layers[layer].cross_attn.project_memory(*inputs[layer % self.num_levels])
+        # Image by image: a BLAS call's summation order may depend on how many rows it gets, and an
+        # image's keys and values must not depend on the batch it was projected in (a step's cache
+        # projects one image, training without projections a batch).
+        memory, pos = inputs[layer % self.num_levels]
+        project = self.layers[layer].cross_attn.project_memory
+        if memory.shape[0] == 1:
+            return project(memory, pos)
+        keys, values = zip(*(project(memory[b : b + 1], pos) for b in range(memory.shape[0])))
+        return torch.cat(keys), torch.cat(values)
 
     def forward(
         self,
