@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         "class": args.class_name, "images": len(examples), "threads": args.threads, "val_images": len(val),
         "learn": {"iterations": config.iterations, "lr": config.lr, "seconds": round(total, 1),
                   "pq_new": round(final_pq, 2), "deltas": final_deltas,
-                  "old_pixels_unchanged_on_examples": result.old_pixels_unchanged},
+                  "painted_kept_outside_painting": result.painted.kept},
         "curve": curve,
         "long": long,
         "pq_within_60s": best60,

@@ -159,3 +159,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(base_model, monkeypatch
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         train(base_model, data, _config(iterations=2))
     assert all(torch.equal(v, good[k]) for k, v in base_model.state_dict().items())
+
+
+def test_a_dense_step_trains_in_float32_on_cuda_as_it_predicts(base_model):
+    """Dense inference runs in float32, so a dense step trains without autocast on CUDA too (checked
+    without a GPU: the trainer is only built for the device, nothing runs there); prompt steps keep AMP."""
+    from model.training.engine import Trainer
+
+    config = _config(amp=True)
+    base_model.add_dense_step(["disc"], [True])
+    assert Trainer(base_model, Shapes((4, 4)), config, device="cuda").amp is False
+    base_model.remove_last_step()
+    base_model.add_step(["disc"], [True], 2)
+    assert Trainer(base_model, Shapes((4, 4)), config, device="cuda").amp is True
+    assert Trainer(base_model, Shapes((4, 4)), config, device="cpu").amp is False

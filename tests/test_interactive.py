@@ -43,7 +43,7 @@ def test_prompt_step_adds_a_step_and_reports(model):
     assert [c.name for c in model.classes] == ["road", "car", "sun"]
     assert result.delta == model.deltas[-1] and result.delta_table
     assert len(result.losses) == FAST.iterations
-    assert 0.0 <= result.old_pixels_unchanged <= 1.0
+    assert 0.0 <= result.painted.kept <= 1.0 and result.painted.images == len(_examples())
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before.items() if not k.endswith("groups.0.delta"))
 
@@ -174,7 +174,7 @@ def test_a_failure_after_the_step_is_added_leaves_the_model_as_before(model, mon
     def broken(*args, **kwargs):
         raise RuntimeError("injected failure in the report")
 
-    monkeypatch.setattr(learn, "old_predictions_unchanged", broken)
+    monkeypatch.setattr(learn, "painted_images_report", broken)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = DENSE if learner == "dense" else FAST
     with pytest.raises(RuntimeError, match="injected"):
@@ -275,12 +275,12 @@ def test_refine_retrains_the_newest_step_and_cancel_or_failure_put_it_back(model
     result = refine_last_step(model, [NewClass("blob", True, more)], DENSE, cancel=lambda: True)
     assert result.state == "cancelled" and _same(learned, _state_of(model)) and model.groups[-1].rule == rule
     # A failure in the report: the same.
-    real = learn_module.old_predictions_unchanged
-    monkeypatch.setattr(learn_module, "old_predictions_unchanged", lambda *a: 1 / 0)
+    real = learn_module.painted_images_report
+    monkeypatch.setattr(learn_module, "painted_images_report", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         refine_last_step(model, [NewClass("blob", True, more)], DENSE)
     assert _same(learned, _state_of(model)) and model.num_steps == 1
-    monkeypatch.setattr(learn_module, "old_predictions_unchanged", real)
+    monkeypatch.setattr(learn_module, "painted_images_report", real)
     # Refine: the same step, retrained from where it was; the base untouched; undo exact.
     result = refine_last_step(model, [NewClass("blob", True, more)], replace(DENSE, iterations=20))
     assert result.state == "done" and result.refined and model.num_steps == 1
@@ -320,8 +320,8 @@ def test_the_report_keeps_other_open_images_apart(model):
                          context=others)
     o = result.others
     assert o is not None and o.images == 2
-    assert 0.0 <= o.unchanged <= 1.0 and 0.0 < o.claimed <= 1.0  # the blob image holds the class too
-    assert result.old_pixels_unchanged is not None
+    assert 0.0 <= o.kept <= 1.0 and 0.0 < o.claimed <= 1.0  # the blob image holds the class too
+    assert result.painted is not None
 
 
 @pytest.mark.parametrize("learner", ["prompts", "dense"])
@@ -342,8 +342,46 @@ def test_learn_reports_what_predicting_afresh_gives(model, learner):
         kept, fresh = frozen.predict(model, k), model.predict(image)
         assert torch.equal(kept.panoptic_seg, fresh.panoptic_seg) and kept.segments == fresh.segments
     after = [model.predict(e.image).semantic.numpy() for e in examples]
-    outside = [~np.isin(a, result.class_ids) for a in after]
+    outside = [np.asarray(e.instances) == 0 for e in examples]
     same = sum(int((a[o] == b.semantic.numpy()[o]).sum()) for a, b, o in zip(after, before, outside))
-    assert result.old_pixels_unchanged == pytest.approx(same / sum(int(o.sum()) for o in outside))
-    after_context = model.predict(context[0]).semantic.numpy()
+    assert result.painted.kept == pytest.approx(same / sum(int(o.sum()) for o in outside))
+    after_context, was = model.predict(context[0]).semantic.numpy(), before[-1].semantic.numpy()
     assert result.others.claimed == pytest.approx(np.isin(after_context, result.class_ids).mean())
+    held = was > 0
+    assert result.others.kept == pytest.approx((after_context == was)[held].mean() if held.any() else 1.0)
+
+
+def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
+    """A dense step whose head claims every pixel it may: the reports must show the old classes' loss
+    on the painted images (outside the painting) and on the other images, not hide it."""
+    from types import SimpleNamespace
+
+    from model.interactive.learn import FrozenImages, other_images_report, painted_images_report
+
+    examples = _examples()
+    context = [_blobs(2)[0], np.full((64, 64, 3), 30, np.uint8)]
+    images = [e.image for e in examples] + context
+    before = [model.predict(image) for image in images]
+    result = learn_class(model, "sun", True, examples, replace(DENSE, iterations=5), context=context)
+    frozen = FrozenImages(model, images)
+    n = len(examples)
+
+    def reports(before):
+        raws = [frozen.infer(model, k) for k in range(len(images))]
+        return (painted_images_report(model, raws[:n], before[:n], examples, result.class_ids),
+                other_images_report(model, raws[n:], before[n:], result.class_ids))
+
+    group = model.groups[-1]
+    with torch.no_grad():  # a step that finds nothing: everything kept
+        group.head.layers[-1].weight.zero_()
+        group.head.layers[-1].bias[: group.num_classes] = -40.0
+    painted, others = reports(before)
+    assert (painted.kept, painted.claimed, others.kept, others.claimed) == (1.0, 0.0, 1.0, 0.0)
+    with torch.no_grad():  # now a greedy one: foreground everywhere, far surer than any old class
+        group.head.layers[-1].bias[: group.num_classes] = 40.0
+    group.rule = replace(group.rule, override_margin=0.0, foreign_ceiling=1.0, snap_iou=0.0)
+    # The tiny random base holds nothing for sure: say old class 1 ("road") held every pixel, weakly.
+    road = [SimpleNamespace(semantic=torch.ones(np.asarray(image).shape[:2], dtype=torch.int64)) for image in images]
+    painted, others = reports(road)
+    assert painted.kept < 0.05 and painted.claimed > 0.95
+    assert others.kept < 0.05 and others.claimed > 0.95

@@ -120,3 +120,16 @@ def test_widget_module_does_not_import_torch():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
 
+
+
+def test_the_learn_report_says_when_old_classes_were_lost():
+    """The widget's report after Learn must be able to say something bad, in figures the user reads."""
+    from eclipse_napari.plugin.teach_actions import _report
+    from model.interactive.config import LearnResult, OtherImages, PaintedImages
+
+    good = LearnResult("done", 17, None, 3.0, [], PaintedImages(3, 0.995, 0.004), others=OtherImages(4, 0.99, 0.01))
+    bad = LearnResult("done", 17, None, 3.0, [], PaintedImages(3, 0.412, 0.55), others=OtherImages(4, 0.63, 0.35))
+    assert "99.5% of the pixels kept" in _report(good) and "99.0% of the pixels an old class" in _report(good)
+    text = _report(bad)
+    assert "41.2% of the pixels kept their label; the new class took 55.0%" in text
+    assert "63.0% of the pixels an old class held still hold it; the new class took 35.0%" in text

@@ -45,10 +45,6 @@ class Painting:
         self._tracked.pop(id(layer), None)
         return errors
 
-    def images_of(self, image) -> list:
-        """The annotation layers tied to an image layer."""
-        return [layer for layer, img in self._tracked.values() if img is image]
-
     def flush(self) -> list[str]:
         """Saves every changed (class, image) pair; returns error messages (nothing is lost: a pair
         that failed stays to be saved again)."""

@@ -80,8 +80,9 @@ class PredictActions:
             import torch
 
             torch.set_num_threads(threads)
+            alive = self._alive  # after the window closed, no progress reaches the deleted widgets
             return self.session.predict([p for _, p in planes], cancel=self._aborted,
-                                        progress=self._on_predict_progress)
+                                        progress=lambda p: self._on_predict_progress(p) if alive else None)
 
         self._start(run, on_done=lambda preds: self._show_predictions(layer, lead, plane_shape, indices, preds),
                     state=State.PREDICTING)

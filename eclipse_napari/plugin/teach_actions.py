@@ -147,8 +147,9 @@ class TeachActions:
             import torch
 
             torch.set_num_threads(threads)
-            return train(classes, config, callback=self._on_progress, cancel=self._aborted,
-                         save_to=self._model_folder, context=context)
+            alive = self._alive  # after the window closed, no progress reaches the deleted widgets
+            return train(classes, config, callback=lambda p: self._on_progress(p) if alive else None,
+                         cancel=self._aborted, save_to=self._model_folder, context=context)
 
         self._start(run, on_done=self._on_learned, state=State.LEARNING)
 
@@ -196,15 +197,17 @@ class TeachActions:
 
 
 def _report(result) -> str:
-    """What the step changed, on the painted images and, separately, on the other open images."""
+    """What the step changed, on the painted images (outside the painting) and, separately, on the other
+    open images."""
     lines = []
-    if result.old_pixels_unchanged is not None:
-        lines.append(f"Painted images: old classes unchanged on {100 * result.old_pixels_unchanged:.1f}% of "
-                     "the pixels outside the new class.")
+    p = result.painted
+    if p is not None:
+        lines.append(f"Painted images, outside the painted instances: {100 * p.kept:.1f}% of the pixels kept "
+                     f"their label; the new class took {100 * p.claimed:.1f}%.")
     o = result.others
     if o is not None:
-        lines.append(f"Other open images ({o.images}, not painted): old classes unchanged on {100 * o.unchanged:.1f}% "
-                     f"of the pixels outside the new class; the new class took {100 * o.claimed:.1f}%.")
+        lines.append(f"Other open images ({o.images}, not painted): {100 * o.kept:.1f}% of the pixels an old class "
+                     f"held still hold it; the new class took {100 * o.claimed:.1f}% of all pixels.")
     return "".join(f"<br>{line}" for line in lines)
 
 

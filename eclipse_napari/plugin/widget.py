@@ -57,7 +57,10 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         # Qt may delete this widget (window closed) while a worker still runs: its late results are dropped
         # and a running Learn is cancelled, which removes its unfinished step.
         self._alive = [True]
-        self.destroyed.connect(lambda *_, alive=self._alive, cancel=self._cancel: (alive.clear(), cancel.set()))
+        self._idle = threading.Event()  # set while no worker of ours runs
+        self._idle.set()
+        self.destroyed.connect(lambda *_, alive=self._alive, cancel=self._cancel, idle=self._idle:
+                               _on_closed(alive, cancel, idle))
         self.painting: Painting | None = None  # annotation layers <-> their images <-> the project
         self._save_timer = QTimer(self, singleShot=True, interval=300, timeout=self.flush_annotations)
         self._names: dict[int, str] = {}  # id(layer) -> its name, to follow renames
@@ -218,7 +221,16 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         """Runs `function` in a napari thread worker; the returned value goes to `on_done`."""
         # Errors go to our handler only: without _ignore_errors the worker also re-raises them in the Qt
         # loop, a second message with a traceback.
-        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        idle = self._idle
+
+        def run(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            finally:
+                idle.set()
+
+        idle.clear()
+        worker = create_worker(run, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         worker.returned.connect(self._if_alive(on_done))
         worker.errored.connect(self._if_alive(self._on_error))
         worker.finished.connect(self._if_alive(lambda worker=worker: self._on_finished(worker)))
@@ -296,3 +308,11 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         if selected == old:
             self.image_choice.setCurrentText(new)
 
+
+def _on_closed(alive: list, cancel: threading.Event, idle: threading.Event, wait_seconds: float = 60.0) -> None:
+    """The widget is going away (its window closed): drop every late result, stop the running Predict
+    or Learn at its next tile, plane or iteration (a cancelled Learn removes its step), and wait for
+    it, so nothing of ours still runs, or reports, once Qt tears the window down."""
+    alive.clear()
+    cancel.set()
+    idle.wait(wait_seconds)

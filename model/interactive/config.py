@@ -85,11 +85,21 @@ class LearnResult:
     delta: float | None
     seconds: float
     losses: list[float]
-    old_pixels_unchanged: float | None  # painted images, outside the new class: share whose old prediction held
+    painted: "PaintedImages | None"  # what the step changed on the painted images, outside the painting
     delta_table: list[dict] = field(default_factory=list)
-    others: "OtherImages | None" = None  # the same on the other open images given as context
+    others: "OtherImages | None" = None  # what the step changed on the other open images given as context
     class_ids: list[int] = field(default_factory=list)  # every class of the step
     refined: bool = False  # the newest step retrained (warm start), not a new step
+
+
+@dataclass(frozen=True)
+class PaintedImages:
+    """What a step changed on the images it was taught on, outside the painted instances (where the
+    painting itself says what should be there)."""
+
+    images: int
+    kept: float  # share of those pixels whose label held (a pixel the new classes took counts as changed)
+    claimed: float  # share of those pixels the new classes took
 
 
 @dataclass(frozen=True)
@@ -97,5 +107,5 @@ class OtherImages:
     """What a step changed on images that were not painted (they may show the new class)."""
 
     images: int
-    unchanged: float  # outside the new class, share of pixels whose old prediction held
-    claimed: float  # share of pixels the new class took
+    kept: float  # of the pixels an old class held, the share that still holds the same class
+    claimed: float  # share of all pixels the new classes took

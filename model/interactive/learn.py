@@ -23,7 +23,7 @@ from ..network.postprocess import PanopticResult
 from ..training.criterion import LossConfig
 from ..training.engine import TrainConfig, train
 from ..training.progress import Progress, RunState
-from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages
+from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages, PaintedImages
 from .crops import centre_crop, crop_to_painting
 from .examples import ExampleSet, check_examples, labelled, merge_classes
 from .negatives import find_look_alikes, instance_rule, old_class_negatives
@@ -199,10 +199,10 @@ class _Prepared:
             deltas, table = select_deltas(model, [labelled(e, class_ids) for e in self.examples], self.reference,
                                           scale=4, raws=painted)  # scored at the masks' resolution
             model.set_deltas(deltas)
-        unchanged = old_predictions_unchanged(model, painted, self.reference, class_ids)
+        painted_report = painted_images_report(model, painted, self.reference, self.examples, class_ids)
         others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
-                           result.losses, unchanged, table, others, class_ids)
+                           result.losses, painted_report, table, others, class_ids)
 
 
 def _spread(items: Sequence, count: int) -> list:
@@ -245,27 +245,28 @@ class FrozenImages:
 
 
 def other_images_report(model, raws, before, class_ids) -> OtherImages:
-    """On images that were not painted (`raws`: their predictions after the step): the share of pixels
-    outside the new classes whose class held, and the share the new classes took."""
-    same = outside_total = claimed = total = 0
+    """On images that were not painted (`raws`: their predictions after the step, `before`: the results
+    before it): of the pixels an old class held, the share that still holds the same class (a pixel the
+    new classes took counts as changed); and the share of all pixels the new classes took."""
+    kept = held = claimed = total = 0
     for raw, ref in zip(raws, before):
         after, was = model.merge(raw).semantic.numpy(), ref.semantic.numpy()
-        outside = ~np.isin(after, list(class_ids))
-        same += int((after[outside] == was[outside]).sum())
-        outside_total += int(outside.sum())
-        claimed += int((~outside).sum())
+        old = was > 0
+        kept += int((after[old] == was[old]).sum())
+        held += int(old.sum())
+        claimed += int(np.isin(after, list(class_ids)).sum())
         total += after.size
-    return OtherImages(len(raws), same / outside_total if outside_total else 1.0, claimed / max(total, 1))
+    return OtherImages(len(raws), kept / held if held else 1.0, claimed / max(total, 1))
 
 
-def old_predictions_unchanged(model, raws, reference, class_ids) -> float:
-    """Share of pixels, outside the new classes' predicted segments, whose class label is unchanged
-    (`raws`: the painted images' predictions after the step, `reference` before it)."""
-    same = total = 0
-    for raw, before in zip(raws, reference):
-        after = model.merge(raw)
-        semantic_after, semantic_before = after.semantic.numpy(), before.semantic.numpy()
-        outside = ~np.isin(semantic_after, list(class_ids))
-        same += int((semantic_after[outside] == semantic_before[outside]).sum())
+def painted_images_report(model, raws, reference, examples: Sequence[Example], class_ids) -> PaintedImages:
+    """On the painted images (`raws`: their predictions after the step, `reference` before it), outside
+    the painted instances: the share of pixels whose label held, and the share the new classes took."""
+    kept = claimed = total = 0
+    for raw, before, example in zip(raws, reference, examples):
+        after, was = model.merge(raw).semantic.numpy(), before.semantic.numpy()
+        outside = np.asarray(example.instances) == 0
+        kept += int((after[outside] == was[outside]).sum())
+        claimed += int(np.isin(after[outside], list(class_ids)).sum())
         total += int(outside.sum())
-    return same / total if total else 1.0
+    return PaintedImages(len(raws), kept / total if total else 1.0, claimed / total if total else 0.0)

@@ -133,7 +133,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: max(1 - it / total, 0.0) ** config.poly_power
         )
-        self.amp = config.amp and self.device.type == "cuda"
+        # AMP on CUDA, except for a dense step: its small head trains in float32 on float32 features, the
+        # numbers it is then used with at inference (what trains is what predicts).
+        self.amp = config.amp and self.device.type == "cuda" and not self.dense
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.iteration = 0
