@@ -1,27 +1,32 @@
-"""How well does Learn learn a new class? Learners side by side on the same painted examples.
+"""How well does Learn learn new classes? Learners side by side on the same painted examples.
 
-    python benchmarks/learn_quality.py                          # every case and learner, 2 threads
-    python benchmarks/learn_quality.py --cases crowded coins --learners learn peer
-    python benchmarks/learn_quality.py --split tuning           # the images settings are chosen on
+    python benchmarks/learn_quality.py --split tuning     # first: where settings (and the peers'
+                                                          # post-processing) are chosen
+    python benchmarks/learn_quality.py                    # every case and learner on the held-out split
+    python benchmarks/learn_quality.py --cases coins "ihc partial" --learners learn "cnn forest"
 
-Learners (each starts from the shipped base model; the peer needs scikit-learn: pip install -e '.[bench]'):
+Learners (the model learners start from the shipped base model; the peers need scikit-learn):
 - published: the ECLIPSE prompt step as published (10 prompts from the mean of the base queries, the
-  published losses; unpainted pixels are "not this class"), with the settings measured for it
-  (`LearnConfig.prompts()`), delta chosen on the painted images;
+  published losses; unpainted pixels are "not this class"), `LearnConfig.prompts()`, delta chosen on the
+  painted images;
 - learn: the project's Learn (`LearnConfig()`: a dense step);
-- peer: a random-forest pixel classifier on a filter bank, then instances (benchmarks/pixel_classifier.py);
-- upper: the project's Learn trained on many labelled images (where a case has them), twice the
-  iterations.
-Cases (benchmarks/learn_cases.py): scene things and stuff from 3 painted scenes, a crowded scene painted
-completely or partly (5 instances + 5 background strokes), and scikit-image's coins photo with labels
-made and checked by hand (tests/data/coins). Per case and learner: PQ of the new class on held-out
-images (every other pixel counts as "not the class", so false positives cost), and, for the learners
-that change the model, the share of pixels whose class is unchanged on unrelated images that hold no
-instance of the class, and the seconds from pressing Learn to refreshed predictions of the painted
-images. Writes results.json, results.txt and learn_quality.png into --out.
+- filter forest / cnn forest / cnn+filter forest: random-forest pixel classifiers as ilastik/APOC and
+  napari-convpaint run them (benchmarks/peers.py), each with the better of two post-processings
+  (connected components or a distance watershed) chosen per case on the tuning split and read from
+  benchmarks/peer_postprocessing.json on the held-out split;
+- upper: Learn trained on many labelled images (where a case has them), twice the iterations.
+What each learner is given: the peers get the painting only; learn also takes what the base model holds
+confidently for an old class (on the painted images and on up to 4 other open images) as negatives.
+
+Cases: benchmarks/learn_cases.py. Per case, class and learner: PQ, SQ and TP/FP/FN of the class on
+held-out images (every other pixel counts as "not the class", so false positives cost); for the model
+learners, the share of old-class pixels kept on unrelated images and the seconds from pressing Learn to
+refreshed predictions of the painted images. Writes results.json, results.txt and learn_quality.png
+into --out (the tuning split also writes the peers' post-processing choice).
 """
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -34,16 +39,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learn_cases import CASE_NAMES, build_cases  # noqa: E402
+from peers import PEERS, POSTPROCESSING, build_peer  # noqa: E402
 
 from eclipse_napari.resources import shipped_base_path  # noqa: E402
 from model.evaluation.metrics import PanopticQuality  # noqa: E402
-from model.interactive.config import LearnConfig  # noqa: E402
-from model.interactive.learn import learn_class  # noqa: E402
+from model.interactive.config import LearnConfig, NewClass  # noqa: E402
+from model.interactive.learn import learn_classes  # noqa: E402
 from model.io.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from model.io.model_files import load_model  # noqa: E402
 
-LEARNERS = ("published", "learn", "peer", "upper")
+MODEL_LEARNERS = ("published", "learn", "upper")
+LEARNERS = ("published", "learn", *PEERS, "upper")
 NEW, OTHER = 1, 2  # the two categories of the one-class PQ
+CHOICE_FILE = Path(__file__).resolve().parent / "peer_postprocessing.json"
 
 
 def one_class_pq(is_thing: bool) -> PanopticQuality:
@@ -73,9 +81,9 @@ def class_instances(result, class_id: int) -> np.ndarray:
     return np.where(np.isin(panoptic, ids), panoptic, 0).astype(np.int32)
 
 
-def unrelated_effect(before: list[np.ndarray], model, images, class_id: int) -> dict:
-    """On images without the class: of the pixels the model gave an old class before, the share that
-    keeps it (pooled and worst image), and the share of all pixels the new class claims."""
+def unrelated_effect(before: list[np.ndarray], model, images, class_ids) -> dict:
+    """On images without the classes: of the pixels the model gave an old class before, the share that
+    keeps it (pooled and worst image), and the share of all pixels the new classes claim."""
     kept = held = claimed = total = 0
     worst = 1.0
     for semantic, image in zip(before, images):
@@ -84,7 +92,7 @@ def unrelated_effect(before: list[np.ndarray], model, images, class_id: int) -> 
         k = int((after[old] == semantic[old]).sum())
         kept, held = kept + k, held + int(old.sum())
         worst = min(worst, k / old.sum()) if old.any() else worst
-        claimed, total = claimed + int((after == class_id).sum()), total + after.size
+        claimed, total = claimed + int(np.isin(after, class_ids).sum()), total + after.size
     return {"kept": 100 * kept / max(held, 1), "kept_worst": 100 * worst, "claimed": 100 * claimed / total}
 
 
@@ -93,64 +101,126 @@ def summary(pq: PanopticQuality) -> dict:
     return {"pq": 100 * r.pq, "sq": 100 * r.sq, "rq": 100 * r.rq, "tp": r.tp, "fp": r.fp, "fn": r.fn}
 
 
-def run_model_learner(case, learner: str, base_path: Path, before: list[np.ndarray], iterations_scale: float = 1.0):
-    config = LearnConfig.prompts() if learner == "published" else LearnConfig()
-    examples = case.upper if learner == "upper" else case.examples
+def score(case, predict) -> list[dict]:
+    """Per class of the case, the PQ summary of `predict(image) -> per class instance maps` on its
+    held-out images."""
+    pqs = [one_class_pq(thing) for _, thing in case.classes]
+    for image, truths in case.heldout:
+        for pq, truth, predicted, (_, thing) in zip(pqs, truths, predict(image), case.classes):
+            add_one_class(pq, truth, predicted, thing)
+    return [summary(pq) for pq in pqs]
+
+
+def run_model_learner(case, learner: str, base_path: Path, before: list[np.ndarray], config: LearnConfig) -> dict:
+    painted = case.upper if learner == "upper" else case.painted
     if learner == "upper":
         config = replace(config, iterations=int(config.iterations * 2))
-    config = replace(config, iterations=max(1, int(config.iterations * iterations_scale)))
     model = load_model(base_path).eval()
+    classes = [NewClass(name, thing, list(examples)) for (name, thing), examples in zip(case.classes, painted)]
     start = time.perf_counter()
-    context = case.context if learner != "upper" else []
-    result = learn_class(model, case.class_name, case.is_thing, examples, config, context=context)
-    for e in case.examples:  # the refresh the plugin does: predictions of the painted images
-        model.predict(e.image)
+    try:
+        result = learn_classes(model, classes, config, context=case.context if learner != "upper" else [])
+    except ValueError as exc:  # Learn refuses what cannot be learned, and says why
+        return {"refused": str(exc)}
+    for examples in case.painted:  # the refresh the plugin does: predictions of the painted images
+        for e in examples:
+            model.predict(e.image)
     seconds = time.perf_counter() - start
-    pq = one_class_pq(case.is_thing)
-    for image, truth in case.heldout:
-        add_one_class(pq, truth, class_instances(model.predict(image), result.class_id), case.is_thing)
-    return {**summary(pq), "seconds": seconds, **unrelated_effect(before, model, case.unrelated, result.class_id),
-            "trainable": model.num_trainable_parameters(), "delta": result.delta, "images": len(examples)}
+
+    def predict(image):
+        result_image = model.predict(image)
+        return [class_instances(result_image, c) for c in result.class_ids]
+
+    return {"classes": score(case, predict), "seconds": seconds,
+            **unrelated_effect(before, model, case.unrelated, result.class_ids),
+            "trainable": model.num_trainable_parameters(), "delta": result.delta,
+            "images": sum(len(e) for e in painted)}
 
 
-def run_peer(case):
-    from pixel_classifier import PixelClassifier
-
+def run_peer(case, name: str, base, choice: str | None) -> dict:
+    """A peer on a case: with `choice` (held-out split) the post-processing fixed in advance; without
+    (tuning split), both, and the better one (mean PQ over the case's classes) as the choice."""
     start = time.perf_counter()
-    peer = PixelClassifier(case.is_thing).fit(case.examples)
-    for e in case.examples:
-        peer.predict(e.image)
-    seconds = time.perf_counter() - start
-    pq = one_class_pq(case.is_thing)
-    for image, truth in case.heldout:
-        add_one_class(pq, truth, peer.predict(image), case.is_thing)
-    return {**summary(pq), "seconds": seconds, "images": len(case.examples)}
+    peer = build_peer(name, [thing for _, thing in case.classes], base)
+    try:
+        peer.fit(case.painted)
+    except ValueError as exc:
+        return {"refused": str(exc)}
+    fit_seconds = time.perf_counter() - start
+    maps = {id(image): peer.class_map(image) for image, _ in case.heldout}
+    if choice is not None:
+        classes = score(case, lambda image: peer.predict(image, choice, maps[id(image)]))
+        return {"classes": classes, "postprocessing": choice, "seconds": fit_seconds}
+    both = {p: score(case, lambda image, p=p: peer.predict(image, p, maps[id(image)])) for p in POSTPROCESSING}
+    best = max(POSTPROCESSING, key=lambda p: np.mean([c["pq"] for c in both[p]]))  # ties: components
+    return {"classes": both[best], "postprocessing": best, "both": both, "seconds": fit_seconds}
+
+
+def peer_choices(split: str, path: Path = CHOICE_FILE) -> dict:
+    """The post-processing each peer uses per case on the held-out split (chosen on the tuning split)."""
+    if split == "tuning":
+        return {}
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `python benchmarks/learn_quality.py --split tuning` first (it "
+                         "chooses each peer's post-processing on the tuning images)")
+    return json.loads(path.read_text())
+
+
+def cell(r: dict | None, k: int) -> str:
+    if r is None:
+        return "n/a"
+    if "refused" in r:
+        return "refused"
+    c = r["classes"][k]
+    return f"{c['pq']:5.1f} ({c['sq']:4.1f}) {c['tp']}/{c['fp']}/{c['fn']}"
+
+
+def best_peer(results: dict, k: int) -> tuple[str | None, float | None]:
+    scores = {n: results[n]["classes"][k]["pq"] for n in PEERS if n in results and "classes" in results[n]}
+    if not scores:
+        return None, None
+    name = max(scores, key=scores.get)
+    return name, scores[name]
 
 
 def format_table(rows: dict, learners) -> str:
-    head = f"{'case':<18}" + "".join(f"{name:>22}" for name in learners) + f"{'learn/peer':>12}"
-    lines = ["PQ of the new class on held-out images (TP/FP/FN)", head]
-    for case, results in rows.items():
+    width = 26
+    head = f"{'case':<26}" + "".join(f"{name:>{width}}" for name in learners) + f"{'learn vs best peer':>22}"
+    lines = ["PQ (SQ) TP/FP/FN of each new class on held-out images", head]
+    for case, (classes, results) in rows.items():
+        for k, (name, _) in enumerate(classes):
+            label = case if len(classes) == 1 else f"{case}: {name}"
+            cells = [cell(results.get(n), k).rjust(width) for n in learners]
+            peer, peer_pq = best_peer(results, k)
+            learn = results.get("learn")
+            verdict = "-"
+            if learn and "classes" in learn and peer_pq is not None:
+                pq = learn["classes"][k]["pq"]
+                verdict = (f"{pq / peer_pq:.2f}x" if peer_pq > 0 else "peer 0")
+                if peer_pq > 75:
+                    verdict += f", errors {(100 - pq) / max(100 - peer_pq, 1e-9):.2f}"
+            lines.append(f"{label:<26}" + "".join(cells) + f"{verdict:>22}")
+    lines += ["", "What each learner is given: the peers the painting only; learn also the base model's confident old "
+              "classes (painted and up to 4 other open images) as negatives. 'refused': the learner said the painting "
+              "cannot be learned from (nothing known as background)."]
+    model_learners = [n for n in learners if n in MODEL_LEARNERS]
+    lines.append("On unrelated images (no instance of the classes): old-class pixels kept (worst image), share of pixels "
+                 "the new classes claim; seconds from Learn to refreshed predictions")
+    lines.append(f"{'case':<26}" + "".join(f"{n:>36}" for n in model_learners))
+    for case, (_, results) in rows.items():
         cells = []
-        for name in learners:
+        for name in model_learners:
             r = results.get(name)
-            cells.append(f"{'n/a':>22}" if r is None else f"{r['pq']:6.1f} ({r['tp']}/{r['fp']}/{r['fn']})".rjust(22))
-        learn, peer = results.get("learn"), results.get("peer")
-        ratio = f"{learn['pq'] / peer['pq']:.2f}x" if learn and peer and peer["pq"] > 0 else "-"
-        lines.append(f"{case:<18}" + "".join(cells) + f"{ratio:>12}")
-    lines.append("")
-    lines.append("On unrelated images (no instance of the class): old-class pixels kept (worst image), share of "
-                 "pixels the new class claims; seconds from Learn to refreshed predictions")
-    lines.append(f"{'case':<18}" + "".join(f"{n:>36}" for n in learners if n != "peer"))
-    for case, results in rows.items():
-        cells = []
-        for name in learners:
-            if name == "peer":
-                continue
-            r = results.get(name)
-            cells.append(f"{'n/a':>36}" if r is None else
-                         f"{r['kept']:5.1f}% ({r['kept_worst']:5.1f}%) {r['claimed']:5.1f}% {r['seconds']:5.1f} s".rjust(36))
-        lines.append(f"{case:<18}" + "".join(cells))
+            text = ("n/a" if r is None else "refused" if "refused" in r else
+                    f"{r['kept']:5.1f}% ({r['kept_worst']:5.1f}%) {r['claimed']:5.1f}% {r['seconds']:5.1f} s")
+            cells.append(text.rjust(36))
+        lines.append(f"{case:<26}" + "".join(cells))
+    peers = [n for n in learners if n in PEERS]
+    if peers:
+        lines.append("Peers' post-processing (c = components, w = watershed): " + "; ".join(
+            f"{case}: " + ", ".join(f"{n} {results[n]['postprocessing'][0]}" for n in peers
+                                    if n in results and "postprocessing" in results[n])
+            for case, (_, results) in rows.items()))
     return "\n".join(lines)
 
 
@@ -160,15 +230,20 @@ def plot(rows: dict, learners, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = list(rows)
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cases)), 3.8))
+    labels, values = [], {n: [] for n in learners}
+    for case, (classes, results) in rows.items():
+        for k, (name, _) in enumerate(classes):
+            labels.append(case if len(classes) == 1 else f"{case}: {name}")
+            for n in learners:
+                r = results.get(n)
+                values[n].append(r["classes"][k]["pq"] if r and "classes" in r else 0.0)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(labels)), 4.2))
     width = 0.8 / len(learners)
     for k, name in enumerate(learners):
-        values = [rows[c].get(name, {}).get("pq", 0.0) for c in cases]
-        ax.bar(np.arange(len(cases)) + (k - (len(learners) - 1) / 2) * width, values, width, label=name)
-    ax.set_xticks(np.arange(len(cases)), cases, rotation=30, ha="right")
+        ax.bar(np.arange(len(labels)) + (k - (len(learners) - 1) / 2) * width, values[name], width, label=name)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=35, ha="right")
     ax.set_ylabel("PQ of the new class")
-    ax.legend()
+    ax.legend(fontsize=8, ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
@@ -183,10 +258,17 @@ def main(argv=None) -> int:
     p.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS)
     p.add_argument("--split", choices=("heldout", "tuning"), default="heldout")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iterations-scale", type=float, default=1.0, help="scale every learner's iterations (quick runs)")
-    p.add_argument("--out", type=Path, default=Path("runs/learn_quality"))
+    p.add_argument("--iterations-scale", type=float, default=1.0, help="scale the model learners' iterations")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="LearnConfig fields for 'learn' (tuning experiments), e.g. dense_crop=0 iterations=150")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/learn_quality[-tuning]")
     args = p.parse_args(argv)
+    out = args.out or Path("runs/learn_quality" + ("-tuning" if args.split == "tuning" else ""))
     torch.set_num_threads(args.threads)
+    choices = peer_choices(args.split) if any(n in PEERS for n in args.learners) else {}
+    learn_config = _with_settings(LearnConfig(), args.set)
+    configs = {"learn": learn_config, "upper": learn_config, "published": LearnConfig.prompts()}
+    configs = {k: replace(c, iterations=max(1, int(c.iterations * args.iterations_scale))) for k, c in configs.items()}
     base_path = shipped_base_path()
     base = load_model(base_path).eval()
     start = time.perf_counter()
@@ -199,31 +281,65 @@ def main(argv=None) -> int:
         for learner in args.learners:
             if learner == "upper" and not case.upper:
                 continue
-            results[learner] = run_peer(case) if learner == "peer" else run_model_learner(
-                case, learner, base_path, before, args.iterations_scale)
+            if learner in PEERS:
+                choice = choices.get(case.name, {}).get(learner) if args.split == "heldout" else None
+                if not any(thing for _, thing in case.classes):
+                    choice = "components"  # stuff only: one segment per class either way
+                if args.split == "heldout" and choice is None:
+                    raise SystemExit(f"no post-processing chosen for {learner} on {case.name!r} in {CHOICE_FILE}: "
+                                     "run the tuning split first")
+                results[learner] = run_peer(case, learner, base, choice)
+            else:
+                results[learner] = run_model_learner(case, learner, base_path, before, configs[learner])
             r = results[learner]
-            print(f"{case.name:<18} {learner:<10} PQ {r['pq']:5.1f} ({r['tp']}/{r['fp']}/{r['fn']}) "
-                  f"{r['seconds']:5.1f} s" + (f", kept {r['kept']:.1f}% (worst {r['kept_worst']:.1f}%), claimed "
-                                              f"{r['claimed']:.1f}%" if "kept" in r else ""),
-                  flush=True)
-        rows[case.name] = results
-        records[case.name] = {"class": case.class_name, "thing": case.is_thing, "note": case.note,
+            print(f"{case.name:<18} {learner:<18} " + ("refused: " + r["refused"] if "refused" in r else
+                  " | ".join(cell(r, k) for k in range(len(case.classes))) + f" {r['seconds']:5.1f} s"
+                  + (f", kept {r['kept']:.1f}% (worst {r['kept_worst']:.1f}%), claimed {r['claimed']:.1f}%"
+                     if "kept" in r else "")), flush=True)
+        rows[case.name] = (case.classes, results)
+        records[case.name] = {"classes": case.classes, "painting": case.painting, "note": case.note,
                               "heldout_images": len(case.heldout), "unrelated_images": len(case.unrelated),
                               "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, args.learners)
     settings = {"split": args.split, "threads": args.threads, "iterations_scale": args.iterations_scale,
-                "learn": LearnConfig().__dict__ | {"augment": LearnConfig().augment.__dict__},
-                "published": LearnConfig.prompts().__dict__ | {"augment": LearnConfig.prompts().augment.__dict__},
+                "learn": _config_json(configs["learn"]), "published": _config_json(configs["published"]),
                 "seconds": time.perf_counter() - start}
-    atomic_write_json(args.out / "results.json", {"settings": settings, "cases": records}, sort_keys=False)
-    atomic_write_text(args.out / "results.txt", table + "\n")
-    plot(rows, args.learners, args.out / "learn_quality.png")
+    atomic_write_json(out / "results.json", {"settings": settings, "cases": records}, sort_keys=False)
+    atomic_write_text(out / "results.txt", table + "\n")
+    plot(rows, args.learners, out / "learn_quality.png")
+    if args.split == "tuning" and any(n in PEERS for n in args.learners):
+        chosen = json.loads(CHOICE_FILE.read_text()) if CHOICE_FILE.is_file() else {}
+        for case, (_, results) in rows.items():
+            chosen.setdefault(case, {}).update({n: r["postprocessing"] for n, r in results.items()
+                                                if n in PEERS and "postprocessing" in r})
+        atomic_write_json(CHOICE_FILE, chosen)
+        print(f"wrote the peers' post-processing choice to {CHOICE_FILE}")
     print()
     print(table)
-    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.txt'}, {args.out / 'learn_quality.png'} "
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.txt'}, {out / 'learn_quality.png'} "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _with_settings(config: LearnConfig, settings: list[str]) -> LearnConfig:
+    changes = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        if key not in LearnConfig.__dataclass_fields__:
+            raise SystemExit(f"--set: LearnConfig has no field {key!r}")
+        current = getattr(config, key)
+        if isinstance(current, tuple):
+            changes[key] = tuple(v for v in value.split(",") if v)
+        elif isinstance(current, bool):
+            changes[key] = value.lower() in ("1", "true", "yes")
+        else:
+            changes[key] = type(current)(value)
+    return replace(config, **changes)
+
+
+def _config_json(config: LearnConfig) -> dict:
+    return {k: (v.__dict__ if hasattr(v, "__dataclass_fields__") else v) for k, v in config.__dict__.items()}
 
 
 if __name__ == "__main__":

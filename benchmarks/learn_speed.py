@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eclipse_napari.resources import shipped_base_path
+from learn_cases import SCENE_SEEDS  # noqa: E402
+
+from eclipse_napari.resources import shipped_base_path  # noqa: E402
 from model.data.labelled import LabelledImage
 from model.data.scenes import SCENE_CLASSES, generate_scene
 from model.evaluation.deltas import select_deltas
@@ -36,7 +39,9 @@ from model.io.atomic import atomic_write_json, atomic_write_text
 from model.io.model_files import load_model
 from model.training.progress import RunState
 
-TRAIN_SEED, VAL_SEED = 101, 102  # scenes the shipped model never saw (it was trained on seed 0)
+# The tuning split of benchmarks/learn_quality.py (scenes the shipped model never saw: it was trained on
+# seed 0): Learn's settings are chosen here, so nothing reported on the held-out split is tuned on.
+TRAIN_SEED, VAL_SEED = SCENE_SEEDS["tuning"]
 
 
 def scenes_with(class_id: int, seed: int, count: int, min_area: int = 600):

@@ -113,7 +113,7 @@ def test_a_project_keyed_by_layer_name_is_taken_over_where_the_pixels_match(tmp_
         image = napari_layers.Image(pixels, name="old name", rgb=True)
         data, kwargs = annotations.new_layer_args(image, CLASS, True)
         layer = napari_layers.Labels(data, **kwargs)
-        restored = annotations.restore(layer, image, project, {})
+        restored = annotations.restore(layer, image, project, {}, {})
         assert (restored.planes == 1) == expect and bool(restored.refused) == (not expect)
         assert layer.data.any() == expect
     assert list(_stored(project)) == [annotations.plane_identity(_picture(6))]

@@ -53,6 +53,31 @@ def test_bench_end_to_end(data_root, tmp_path, capsys):
     assert '"steps": 1' in capsys.readouterr().out
 
 
+def test_bench_over_several_seeds_writes_each_and_the_spread(data_root, tmp_path, capsys):
+    """--seeds: one full run per seed (its own results), then the mean and spread over them with the
+    machine; the 95% line is judged on the mean, and the summary can say it is missed."""
+    from eclipse_napari.cli.bench_report import format_summary
+
+    out = tmp_path / "seeds"
+    base = tmp_path / "base"
+    assert main(["--data-root", str(data_root), "--train-base", "--base-only", "--out", str(base), *TINY]) == 0
+    assert main(["--data-root", str(data_root), "--base", str(base / "base"), "--out", str(out), "--seeds", "0", "1",
+                 "--methods", "eclipse", "joint", *TINY]) == 0
+    runs = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [r["settings"]["seed"] for r in runs] == [0, 1] and all(r["machine"]["threads"] == 1 for r in runs)
+    summary = json.loads((out / "summary.json").read_text())
+    old = [r["methods"]["eclipse"][-1]["pq"]["old"]["pq"] for r in runs]
+    assert summary["seeds"] == [0, 1] and summary["methods"]["eclipse"]["old"]["values"] == pytest.approx(old)
+    assert summary["methods"]["eclipse"]["old"]["mean"] == pytest.approx(sum(old) / 2)
+    text = (out / "summary.txt").read_text()
+    assert "mean ± std" in text and "ECLIPSE deltas per seed" in text and "machine:" in text
+    # The verdict on the 95% line follows the mean, and says so when it is missed.
+    summary["ratios"]["eclipse_old_over_base_old"] = 0.9
+    assert "misses the 95% line" in format_summary(summary)
+    summary["ratios"]["eclipse_old_over_base_old"] = 0.97
+    assert "meets the 95% line" in format_summary(summary)
+
+
 def test_bench_refuses_bad_requests(data_root, tmp_path, capsys):
     assert main(["--scenario", "nope-1-2"]) == 1
     assert "unknown scenario" in capsys.readouterr().err

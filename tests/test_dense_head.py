@@ -1,76 +1,108 @@
-"""Dense steps' post-processing: which pixels a step may claim, instance splitting, snapping to queries."""
+"""Dense steps' head: what it reads (the backbone's levels, the pixel decoder's maps and the image),
+output at the image's resolution, crops for training, step files of the head and of version 1's."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from model.network.dense_head import InstanceRule, dense_segments, snap_to_queries
+from model import load_model, load_step, save_step
+from model.network.build import build_model
+from model.network.config import tiny_config
+from model.network.dense_head import DENSE_INPUTS, DenseInputs, StrideFourHead
+from model.network.eclipse import to_chw_tensor
 
 # Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
 pytestmark = pytest.mark.exact
 
-
-def disc(shape, cy, cx, r):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+V1 = Path(__file__).parent / "fixtures" / "dense_v1"  # written at commit 752c870, see its README
 
 
-def maps(shape, objects):
-    """Foreground probability 0.99 on the objects, distance 1 at their centres falling to 0 at the edge."""
-    probs = np.zeros((1, *shape))
-    dist = np.zeros((1, *shape))
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    for cy, cx, r in objects:
-        m = disc(shape, cy, cx, r)
-        probs[0][m] = 0.99
-        dist[0][m] = np.maximum(dist[0][m], 1 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)[m] / r)
-    return probs, dist
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    m = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    m.add_dense_step(["cell", "medium"], [True, False])
+    with torch.no_grad():  # a head that says something
+        for p in m.groups[-1].head.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return m.eval()
 
 
-def test_touching_instances_split_and_small_ones_dropped():
-    probs, dist = maps((64, 64), [(20, 20, 10), (20, 39, 10), (50, 50, 2)])
-    segs = dense_segments(probs, dist, [True], InstanceRule(min_area=30))
-    assert len(segs) == 2 and all(200 < s.mask.sum() < 400 for s in segs)
+def _image(seed=0, size=(64, 96)):
+    return np.random.default_rng(seed).integers(0, 255, (*size, 3)).astype(np.uint8)
 
 
-def test_claim_foreign_ceiling_spares_what_another_class_holds_not_look_alikes():
-    probs, dist = maps((40, 80), [(20, 20, 8), (20, 60, 8)])
-    held = np.zeros((40, 80))
-    owner = np.zeros((40, 80), np.int64)
-    held[disc((40, 80), 20, 20, 8)], owner[disc((40, 80), 20, 20, 8)] = 0.7, 3  # a look-alike holds the left
-    held[disc((40, 80), 20, 60, 8)], owner[disc((40, 80), 20, 60, 8)] = 0.7, 5  # another class the right
-    old = dense_segments(probs, dist, [True], InstanceRule(), held, owner)  # files before the ceiling
-    assert len(old) == 2
-    rule = InstanceRule(look_alikes=(3,), foreign_ceiling=0.5)
-    segs = dense_segments(probs, dist, [True], rule, held, owner)
-    assert len(segs) == 1 and segs[0].mask[20, 20] and not segs[0].mask[20, 60]
-    held[:] = np.where(held > 0, 0.3, 0)  # held weakly: both may be taken
-    assert len(dense_segments(probs, dist, [True], rule, held, owner)) == 2
+def test_the_head_reads_every_frozen_level_and_the_image_and_answers_at_full_resolution(model):
+    image = _image()
+    raw = model.infer(to_chw_tensor(image)[None])
+    (logits,) = raw.dense_logits
+    assert raw.dense_strides == [1] and logits.shape == (1, 4, 64, 96)  # 2 classes x (foreground, distance)
+    encoded = model.encode_images(to_chw_tensor(image)[None])
+    inputs = encoded.dense
+    assert set(inputs.levels) == set(DENSE_INPUTS) and inputs.image.shape[-2:] == (64, 96)
+    head = model.groups[-1].head
+    with torch.no_grad():
+        reference = head(inputs)
+        for name in DENSE_INPUTS:  # every level matters
+            levels = dict(inputs.levels)
+            levels[name] = levels[name] + 1.0
+            assert not torch.equal(head(DenseInputs(inputs.image, levels)), reference), name
+        # One pixel of the image changes the output there, at full resolution, and only within the reach of
+        # the two full-resolution 3x3 convolutions.
+        poked = inputs.image.clone()
+        poked[:, :, 30, 40] += 5.0
+        diff = (head(DenseInputs(poked, inputs.levels)) - reference).abs().amax(1)[0]
+        assert diff[30, 40] > 0 and diff[28:33, 38:43].sum() == diff.sum()
 
 
-def test_snapping_takes_the_query_mask_and_joins_fragments_of_one_query():
-    shape = (48, 48)
-    labels = np.zeros(shape, np.int32)
-    labels[10:20, 10:30] = 1  # two fragments of one object
-    labels[20:30, 10:30] = 2
-    labels[40:46, 40:46] = 3  # no query matches this one
-    query = np.zeros((2, *shape), bool)
-    query[0, 9:31, 9:31] = True  # the object, slightly larger than the head's pixels
-    query[1, 0:5, 0:5] = True
-    out, n = snap_to_queries(labels, 3, query, 0.4, np.ones(shape, bool))
-    assert n == 2
-    ids = set(np.unique(out)) - {0}
-    assert len(ids) == 2
-    assert (out[query[0]] == out[15, 15]).all() and out[15, 15] == out[25, 15]
-    assert (out[40:46, 40:46] > 0).all() and out[2, 2] == 0
-    blocked = np.ones(shape, bool)
-    blocked[9, :] = False  # the query mask is cut where the step may not claim
-    out, _ = snap_to_queries(labels, 3, query, 0.4, blocked)
-    assert not (out[9] > 0).any()
+def test_a_crop_of_the_inputs_is_every_level_cut_at_its_stride(model):
+    encoded = model.encode_images(to_chw_tensor(_image(size=(96, 128)))[None])
+    crop = encoded.dense.crop(32, 64, 64, 64)
+    assert crop.image.shape[-2:] == (64, 64)
+    for name, level in crop.levels.items():
+        full = encoded.dense.levels[name]
+        stride = 96 // full.shape[-2]
+        assert torch.equal(level, full[..., 32 // stride : 96 // stride, 64 // stride : 128 // stride]), name
+    with pytest.raises(ValueError, match="aligned to 32"):
+        encoded.dense.crop(16, 0, 64, 64)
 
 
-def test_rule_round_trips_and_old_files_keep_their_behaviour():
-    rule = InstanceRule(min_area=12.0, look_alikes=(2, 7), foreign_ceiling=0.5, snap_iou=0.5)
-    assert InstanceRule.from_json(rule.to_json()) == rule
-    old = {"foreground": 0.5, "core": 0.5, "min_area": 9.0, "override_margin": 0.1}  # before look-alikes
-    loaded = InstanceRule.from_json(old)
-    assert loaded.look_alikes == () and loaded.foreign_ceiling == 1.0 and loaded.snap_iou == 0.0
+def test_a_dense_step_file_round_trips_exactly(model, tmp_path):
+    image = _image(1)
+    before = model.predict(image)
+    save_step(model, 1, tmp_path / "step.safetensors")
+    group = model.groups[-1]
+    model.remove_last_step()
+    loaded = load_step(model, tmp_path / "step.safetensors")
+    assert loaded.head.layout() == group.head.layout() and loaded.rule == group.rule
+    after = model.predict(image)
+    assert torch.equal(before.panoptic_seg, after.panoptic_seg) and before.segments == after.segments
+
+
+def test_a_dense_step_of_version_1_still_loads_and_predicts_as_it_did():
+    model = load_model(V1 / "model").eval()
+    head = model.groups[-1].head
+    assert isinstance(head, StrideFourHead) and model.groups[-1].rule.foreign_ceiling == 0.5
+    image = np.load(V1 / "input.npy")
+    expected = load_file(V1 / "expected_outputs.safetensors")
+    with torch.no_grad():
+        raw = model.infer(to_chw_tensor(image)[None])
+    assert raw.dense_strides == [4]
+    torch.testing.assert_close(raw.dense_logits[0], expected["dense_logits"], rtol=0, atol=1e-4)
+    assert torch.equal(model.predict(image).panoptic_seg, expected["panoptic"])
+
+
+def test_refining_a_version_1_step_says_why_it_cannot(tmp_path):
+    from model.interactive.config import Example, NewClass
+    from model.interactive.learn import refine_last_step
+
+    model = load_model(V1 / "model").eval()
+    image = np.load(V1 / "input.npy")
+    cells = np.zeros(image.shape[:2], np.int32)
+    cells[10:20, 10:20] = 1
+    with pytest.raises(ValueError, match="earlier version"):
+        refine_last_step(model, [NewClass("cell", True, [Example(image, cells, complete=True)])])
+    assert model.num_steps == 1

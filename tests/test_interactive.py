@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+from scipy import ndimage
 import pytest
 import torch
 
@@ -132,39 +133,60 @@ def test_dense_step_keeps_old_outputs_bit_identical_and_undo_is_exact(model, tmp
 
 
 def test_partial_painting_teaches_only_what_it_says(model):
-    """Five painted squares and background strokes: the other squares are unknown, not background, so
-    the dense step still finds many of them; the same five squares taken as a completely painted image
-    teach that the other squares are background, and it finds few."""
+    """Five painted squares, with background strokes or with none (the first thing people do): the
+    other squares are unknown, not background, so the dense step still finds many of them; the same five
+    squares marked as a completely painted image teach that the other squares are background, and it
+    finds few."""
     image, instances = _blobs(0)
     few = np.where(np.isin(instances, [1, 8, 14, 19, 24]), instances, 0)
     strokes = np.zeros(instances.shape, bool)
     strokes[::16, :] = strokes[:, ::16] = True  # grid lines between the squares
     strokes &= instances == 0
     config = replace(DENSE, iterations=300)
-    partial = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
-    partial.load_state_dict(model.state_dict())
-    r1 = learn_class(partial, "blob", True, [Example(image, few, strokes)], config)
-    r2 = learn_class(model, "blob", True, [Example(image, few)], config)
-    test_image, _ = _blobs(1)
-    found_partial, found_full = len(_found(partial, test_image, r1.class_id)), len(_found(model, test_image, r2.class_id))
-    assert found_partial >= 8 and found_partial >= 2 * max(found_full, 1), (found_partial, found_full)
+    found = {}
+    for name, example in (("strokes", Example(image, few, strokes)), ("nothing", Example(image, few)),
+                          ("complete", Example(image, few, complete=True))):
+        learner = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+        learner.load_state_dict(model.state_dict())
+        result = learn_class(learner, "blob", True, [example], config)
+        found[name] = len(_found(learner, _blobs(1)[0], result.class_id))
+    assert found["strokes"] >= 8 and found["nothing"] >= 8, found
+    assert min(found["strokes"], found["nothing"]) >= 2 * max(found["complete"], 1), found
 
 
 def test_unknown_pixels_get_no_target():
+    """Completely painted: every pixel known. Otherwise: the painted instances, the painted background
+    and a thin band around each instance are known, the rest unknown."""
     from model.interactive.examples import ExampleSet
     from model.training.dense import UNKNOWN, dense_targets
 
     image, instances = _blobs(0, count=4, size=48)
     strokes = np.zeros(instances.shape, bool)
     strokes[:2] = True
-    full, partial = (ExampleSet([Example(image, instances, bg)], [3], [True], None, with_background=True)
-                     for bg in (None, strokes))
+    full, partial = (ExampleSet([example], [3], [True], None, with_background=True)
+                     for example in (Example(image, instances, complete=True), Example(image, instances, strokes)))
     labels_full, distance = dense_targets(full.sample(0, 0)[1], [3], (48, 48))
     labels_partial, _ = dense_targets(partial.sample(0, 0)[1], [3], (48, 48))
     assert set(labels_full.unique().tolist()) == {0, 1}  # painted completely: everything is known
-    assert (labels_partial[2:][torch.from_numpy(instances[2:] == 0)] == UNKNOWN).all()
-    assert (labels_partial[:2] == 0).all() and (labels_partial[torch.from_numpy(instances > 0)] == 1).all()
+    band = ndimage.binary_dilation(instances > 0, iterations=2) & (instances == 0)
+    far = torch.from_numpy(~ndimage.binary_dilation(instances > 0, iterations=2))
+    assert (labels_partial[2:][far[2:]] == UNKNOWN).all()
+    assert (labels_partial[torch.from_numpy(band)] == 0).all() and (labels_partial[:2] == 0).all()
+    assert (labels_partial[torch.from_numpy(instances > 0)] == 1).all()
     assert float(distance.max()) == 1.0 and float(distance[torch.from_numpy(instances == 0)].max()) == 0.0
+
+
+def test_a_stuff_class_with_nothing_known_as_background_is_refused(model):
+    """Stuff painted in part, no background painted, nothing the model knows for sure: nothing says
+    where the class is not, and Learn says so instead of learning "everything is the class"."""
+    image = np.full((48, 48, 3), 90, np.uint8)
+    region = np.zeros((48, 48), np.int32)
+    region[10:20, 10:30] = 1
+    with pytest.raises(ValueError, match="nothing says where the new classes are not"):
+        learn_class(model, "sand", False, [Example(image, region)], replace(DENSE, iterations=2))
+    assert model.num_steps == 0
+    result = learn_class(model, "sand", False, [Example(image, region, complete=True)], replace(DENSE, iterations=2))
+    assert result.state == "done"
 
 
 @pytest.mark.parametrize("learner", ["dense", "prompts"])
@@ -372,13 +394,16 @@ def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
                 other_images_report(model, raws[n:], before[n:], result.class_ids))
 
     group = model.groups[-1]
+    head = group.head
     with torch.no_grad():  # a step that finds nothing: everything kept
-        group.head.layers[-1].weight.zero_()
-        group.head.layers[-1].bias[: group.num_classes] = -40.0
+        for conv in (head.coarse, head.refine[-1]):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        head.coarse.bias[: group.num_classes] = -40.0
     painted, others = reports(before)
     assert (painted.kept, painted.claimed, others.kept, others.claimed) == (1.0, 0.0, 1.0, 0.0)
     with torch.no_grad():  # now a greedy one: foreground everywhere, far surer than any old class
-        group.head.layers[-1].bias[: group.num_classes] = 40.0
+        head.coarse.bias[: group.num_classes] = 40.0
     group.rule = replace(group.rule, override_margin=0.0, foreign_ceiling=1.0, snap_iou=0.0)
     # The tiny random base holds nothing for sure: say old class 1 ("road") held every pixel, weakly.
     road = [SimpleNamespace(semantic=torch.ones(np.asarray(image).shape[:2], dtype=torch.int64)) for image in images]

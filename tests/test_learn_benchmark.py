@@ -1,5 +1,6 @@
-"""The pieces of benchmarks/learn_quality.py: the crowded scenes, the hand-made coins labels, the
-random-forest peer and the one-class PQ."""
+"""The pieces of benchmarks/learn_quality.py: the crowded scenes, the hand-made labels of the real
+images (coins, immunohistochemistry, retina), the pixel-classifier peers with their post-processing
+fixed before held-out images are scored, and the one-class PQ."""
 
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from model.data.crowded import MAX_INSTANCES, MIN_INSTANCES, background_strokes,
 from model.interactive.config import Example  # noqa: E402
 from model.io.images import read_image  # noqa: E402
 
-COINS = Path(__file__).parent / "data" / "coins" / "instances.png"
+DATA = Path(__file__).parent / "data"
+COINS = DATA / "coins" / "instances.png"
 
 
 def test_crowded_scenes_are_deterministic_crowded_and_touching():
@@ -42,15 +44,103 @@ def test_coins_labels_match_the_photo():
     assert coins[labels > 0].mean() > coins[labels == 0].mean() + 60
 
 
-def test_peer_and_one_class_pq():
+def test_ihc_and_retina_labels_match_their_photos():
+    """The labels follow what they label: stained epithelium is brown (DAB), stromal nuclei blue
+    (hematoxylin) and outside it, vessels darker than the fundus around them."""
+    from skimage import color, data
+
+    ihc = data.immunohistochemistry()
+    gland = read_image(DATA / "ihc" / "gland.png") > 0
+    nuclei = read_image(DATA / "ihc" / "nuclei.png").astype(int)
+    hed = color.rgb2hed(ihc)
+    assert gland.shape == nuclei.shape == ihc.shape[:2] and 0.4 < gland.mean() < 0.7
+    assert hed[..., 2][gland].mean() > 2 * hed[..., 2][~gland].mean()
+    assert 100 <= nuclei.max() <= 200 and not (gland & (nuclei > 0)).any()
+    assert hed[..., 0][nuclei > 0].mean() > 1.5 * hed[..., 0][(nuclei == 0) & ~gland].mean()
+    areas = np.bincount(nuclei.ravel())[1:]
+    assert areas.min() >= 25 and len(areas) == nuclei.max()
+    retina = data.retina()
+    vessels = read_image(DATA / "retina" / "vessels.png") > 0
+    assert vessels.shape == retina.shape[:2] and 0.05 < vessels.mean() < 0.12
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(vessels, iterations=4) & ~vessels & (retina.sum(-1) > 60)
+    assert retina[..., 1][vessels].mean() < retina[..., 1][near].mean() - 10
+
+
+def test_the_cases_paint_as_they_say():
+    from learn_cases import build_cases
+
+    cases = {c.name: c for c in build_cases("tuning", ["coins", "coins partial", "coins few", "ihc few",
+                                                       "retina partial"])}
+    assert cases["coins"].painted[0][0].complete and not cases["coins few"].painted[0][0].complete
+    few = cases["coins few"].painted[0][0]
+    assert few.background is None and len(np.unique(few.instances)) - 1 == 4
+    partial = cases["coins partial"].painted[0][0]
+    assert partial.background.any() and not (partial.background & (partial.instances > 0)).any()
+    ihc = cases["ihc few"]
+    assert [c for c, _ in ihc.classes] == ["stromal nucleus", "gland"] and len(ihc.painted) == 2
+    assert ihc.painted[1][0].instances.any() and len(ihc.heldout[0][1]) == 2
+    retina = cases["retina partial"].painted[0][0]
+    assert retina.image.shape == (512, 512, 3) and retina.background.any()
+
+
+def test_peers_and_their_postprocessing_fixed_before_held_out_images_are_scored(monkeypatch, tmp_path):
+    """On the tuning split a peer scores both post-processings and keeps the better; on the held-out
+    split it uses only the one fixed in advance (read from the choice file), and without that file the
+    held-out run stops before anything is scored."""
     pytest.importorskip("sklearn")
-    from learn_quality import add_one_class, one_class_pq, summary
-    from pixel_classifier import PixelClassifier
+    import learn_quality
+    from learn_cases import Case
+    from peers import ForestPeer, build_peer
 
     image, instances = crowded_scene(1, size=128)
-    peer = PixelClassifier(True, max_pixels=5000, trees=20).fit([Example(image, instances)])
-    predicted = peer.predict(image)
+    held_image, held = crowded_scene(2, size=128)
+    case = Case("tiny", [("grain", True)], [[Example(image, instances, complete=True)]], [(held_image, [held])], [])
+    peer = build_peer("filter forest", [True])
+    peer.max_pixels, peer.trees = 3000, 10
+    monkeypatch.setattr(learn_quality, "build_peer", lambda name, is_thing, model: peer)
+    used = []
+    real = ForestPeer.predict
+    monkeypatch.setattr(ForestPeer, "predict", lambda self, img, post, maps=None: used.append(post) or real(
+        self, img, post, maps))
+    tuning = learn_quality.run_peer(case, "filter forest", None, None)
+    assert set(used) == {"components", "watershed"} and tuning["postprocessing"] in used
+    assert tuning["classes"][0] == tuning["both"][tuning["postprocessing"]][0]
+    used.clear()
+    heldout = learn_quality.run_peer(case, "filter forest", None, "watershed")
+    assert used == ["watershed"] and heldout["postprocessing"] == "watershed" and "both" not in heldout
+    with pytest.raises(SystemExit, match="tuning split first"):
+        learn_quality.peer_choices("heldout", tmp_path / "missing.json")
+    assert learn_quality.peer_choices("tuning", tmp_path / "missing.json") == {}
+    shipped = learn_quality.peer_choices("heldout")  # the committed choice covers every real case and peer
+    from learn_cases import CASE_NAMES
+    from peers import PEERS
+
+    assert all(set(shipped[c]) == set(PEERS) for c in CASE_NAMES if not c.startswith(("retina", "scenes sand",
+                                                                                      "scenes wood")))
+
+
+def test_a_peer_reads_the_painting_as_learn_does_and_one_class_pq():
+    """A peer trains on known background as Learn reads it (strokes, the band around painted
+    instances, or everything unpainted of a complete image) and refuses a painting without any."""
+    pytest.importorskip("sklearn")
+    from learn_quality import add_one_class, one_class_pq, summary
+    from peers import build_peer
+
+    image, instances = crowded_scene(1, size=128)
+    peer = build_peer("filter forest", [True])
+    peer.max_pixels, peer.trees = 5000, 20
+    peer.fit([[Example(image, instances, complete=True)]])
+    predicted = peer.predict(image, "watershed")[0]
     assert predicted.shape == instances.shape and predicted.max() > 5
+    few = np.where(instances == 1, 1, 0)
+    peer.fit([[Example(image, few)]])  # the band around the one instance is the background
+    region = np.zeros((128, 128), np.int32)
+    region[:40] = 1
+    stuff = build_peer("filter forest", [False])
+    with pytest.raises(ValueError, match="background"):
+        stuff.fit([[Example(image, region)]])  # stuff, no strokes, not complete: nothing is background
     pq = one_class_pq(True)
     add_one_class(pq, instances, instances, True)
     assert summary(pq)["pq"] == 100.0

@@ -248,6 +248,40 @@ def test_closing_the_window_during_predict_cancels_it_quietly(make_napari_viewer
     assert "Traceback" not in out + err and "Error" not in out + err, (out + err)[-3000:]
 
 
+def test_background_and_the_complete_mark_go_to_the_image_being_annotated(make_napari_viewer, qtbot, tmp_path):
+    """'Paint background' paints on the image of the annotation selected, not on the image last chosen
+    for Predict; 'every instance on this image is painted' marks that image, is saved and restored
+    with its painting, and Learn is told (and says) how it reads each image."""
+    _, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2))
+    widget.class_name.setText("blob")
+    widget.class_kind.setCurrentText("thing")
+    widget.complete.click()  # no annotation selected: refused, unticked
+    assert not widget.complete.isChecked() and "select the annotation layer" in widget.last_message
+    squares = np.zeros((256, 256), np.int32)
+    squares[40:70, 40:70], squares[150:180, 100:130] = 1, 2
+    layer = annotate(widget, "scene 2", squares)
+    widget.image_choice.setCurrentText("scene 1")  # chosen since, e.g. for Predict
+    widget.viewer.layers.selection.active = layer
+    background = widget.add_background_layer()
+    assert background.name == "blob background on scene 2"
+    widget.viewer.layers.selection.active = layer
+    assert not widget.complete.isChecked()
+    widget.complete.click()
+    widget.flush_annotations()
+    (stored,) = widget.project.examples_for("blob")
+    assert stored.complete and "1 image(s) marked complete" in widget.teach_info.text()
+    widget.viewer.layers.selection.active = widget.viewer.layers["scene 1"]
+    assert not widget.complete.isChecked()
+    widget.viewer.layers.selection.active = layer
+    assert widget.complete.isChecked()
+    classes, _ = widget._painted(["blob"])
+    assert classes[0].examples[0].complete and "marked complete" in widget.painting_reading
+    widget.complete.click()  # unticked again: partly painted
+    widget.flush_annotations()
+    assert not widget.project.examples_for("blob")[0].complete
+    assert "partly painted" in widget.teach_info.text()
+
+
 def test_screenshot_shows_the_prediction(tmp_path):
     """In a fresh process (an OpenGL canvas shown after other viewers in one process can stay black under
     Xvfb): the shown canvas holds the predicted segments' colours."""
@@ -284,7 +318,8 @@ def test_partial_painting_with_background_is_saved_and_learned(make_napari_viewe
         widget.flush_annotations()
     stored = widget.project.examples_for(NEW)
     assert len(stored) == 2 and all(a.background is not None and a.background.any() for a in stored)
-    assert "background painted on 2" in widget.teach_info.text()
+    assert "2 image(s) partly painted: unpainted pixels there are unknown" in widget.teach_info.text()
+    assert "your background strokes" in widget.teach_info.text()
     # Reopening the background layer restores it.
     painted = widget.viewer.layers[f"{NEW} background on scene 2"].data.copy()
     widget.viewer.layers.remove(f"{NEW} background on scene 2")

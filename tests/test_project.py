@@ -421,3 +421,33 @@ def test_painted_background_round_trips_and_can_stand_alone(project):
     assert Project(project.root).examples_for("cell")[1].background is None
     with pytest.raises(ProjectError, match="background mask is"):
         project.save_annotation("img", image, things(), "cell", np.zeros((5, 5), bool))
+
+
+def test_the_complete_mark_round_trips_and_old_projects_keep_their_meaning(project, tmp_path):
+    """An image marked complete (every instance painted) keeps the mark through a reopen, even with
+    nothing painted (an example without the class); entries written before the mark existed read as
+    complete where no background was painted, as they were meant then."""
+    image = np.full((20, 30), 100, np.uint8)
+    project.ensure_category("cell", True)
+    cells = np.zeros((20, 30), np.int32)
+    cells[2:6, 2:6] = 1
+    project.save_annotation("a", image, cells, "cell", complete=True)
+    project.save_annotation("b", image + 1, cells, "cell")
+    project.save_annotation("c", image + 2, np.zeros_like(cells), "cell", complete=True)
+    again = Project(project.root)
+    marks = {a.image_key: a.complete for a in again.examples_for("cell")}
+    assert marks == {"a": True, "b": False, "c": True}
+    data = json.loads((project.root / "project.json").read_text())
+    strokes = np.zeros((20, 30), bool)
+    strokes[10:12] = True
+    project.save_annotation("d", image + 3, cells, "cell", strokes)
+    data = json.loads((project.root / "project.json").read_text())
+    for e in data["annotations"]:
+        del e["complete"]  # as the previous version wrote it
+    (project.root / "project.json").write_text(json.dumps(data))
+    legacy = {a.image_key: a.complete for a in Project(project.root).annotations()}
+    assert legacy == {"a": True, "b": True, "c": True, "d": False}
+    data["annotations"][0]["complete"] = "yes"
+    (project.root / "project.json").write_text(json.dumps(data))
+    with pytest.raises(ProjectError, match="complete must be true or false"):
+        Project(project.root)

@@ -119,7 +119,8 @@ def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make
     assert widget.last_learn.state == "done", widget.last_message
     assert model.num_steps == 1 and [c.name for c in model.groups[-1].classes] == ["sand", "patch"]
     assert "sand, patch" in widget.report.text()
-    assert "Painted images:" in widget.report.text() and "Other open images (1, not painted)" in widget.report.text()
+    assert "Painted images, outside the painted instances:" in widget.report.text()
+    assert "Other open images (1, not painted)" in widget.report.text()
     learned = {k: v.clone() for k, v in model.state_dict().items()}
 
     widget.image_choice.setCurrentText("scene 2")  # paint more of the newest step's class, then Refine
@@ -138,6 +139,48 @@ def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make
     wait_ready(widget, qtbot)
     state = widget.session.model.state_dict()
     assert state.keys() == base.keys() and all(torch.equal(state[k], v) for k, v in base.items())
+
+
+def test_a_prompt_step_chosen_in_the_widget_trains_refines_exports_and_imports(make_napari_viewer, qtbot, tmp_path):
+    """The Learner control: ECLIPSE's prompt step learns, is shown as such in the Steps list, Refine
+    retrains it as a prompt step with its own iterations (not the dense spin box's), and it survives an
+    export, undo and import."""
+    from eclipse_napari.plugin.sample_data import class_instances
+    from model.interactive.config import LearnConfig
+
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=(1, 2))
+    widget.class_name.setText("sand")
+    widget.class_kind.setCurrentText("stuff")
+    widget.image_choice.setCurrentText("scene 1")
+    widget.add_annotation_layer().data = class_instances(1, "sand")
+    widget.flush_annotations()
+    assert widget.iterations.value() == LearnConfig().iterations
+    widget.learner.setCurrentIndex(widget.learner.findData("prompts"))
+    assert widget.iterations.value() == LearnConfig.prompts().iterations  # the learner's own default
+    widget.iterations.setValue(8)
+    widget.learn()
+    wait_ready(widget, qtbot, timeout=300_000)
+    model = widget.session.model
+    assert widget.last_learn.state == "done", widget.last_message
+    assert model.groups[-1].num_queries == 10 and "prompts (ECLIPSE), δ=" in widget.steps.item(1).text()
+    assert "ECLIPSE prompt step" in widget.report.text()
+    used = []
+    refine = widget.session.refine
+    widget.session.refine = lambda classes, config, **kw: used.append(config) or refine(classes, config, **kw)
+    widget.learner.setCurrentIndex(widget.learner.findData("dense"))  # the step's own learner decides
+    widget.refine()
+    wait_ready(widget, qtbot, timeout=300_000)
+    assert widget.last_learn.refined, widget.last_message
+    assert used[0].learner == "prompts" and used[0].iterations == LearnConfig.prompts().iterations
+    learned = {k: v.clone() for k, v in model.state_dict().items()}
+    assert widget.export_step(str(tmp_path / "sand"))
+    assert widget.undo()
+    wait_ready(widget, qtbot)
+    assert widget.import_step(str(tmp_path / "sand.safetensors"))
+    wait_ready(widget, qtbot)
+    state = widget.session.model.state_dict()
+    assert state.keys() == learned.keys() and all(torch.equal(state[k], v) for k, v in learned.items())
+    assert "prompts (ECLIPSE), δ=" in widget.steps.item(1).text()
 
 
 def test_each_prediction_and_painting_lies_on_its_own_image_when_several_are_shown(

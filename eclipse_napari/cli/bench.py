@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bench_report import format_table, plot_pq, results_json
+from .bench_report import format_summary, format_table, machine_info, plot_pq, results_json, summarize
 from .bench_setup import (
     EVAL_SPLITS,
     SCENES_SIZE,
@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--max-eval-images", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="run the benchmark once per seed (into OUT/seed-N) and write the mean and spread over "
+                        "them (summary.json, summary.txt): one run is not a result where tiny float differences "
+                        "can flip a choice such as the automatic delta")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: finished steps are reloaded, an unfinished one "
                         "continues from its last saved training state")
@@ -123,10 +127,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from model.benchmark import BenchSettings, ContinualBenchmark
     from model.data.scenarios import get_scenario, scenario_table
-    from model.io.model_files import save_model
-    from model.io.tensor_files import CheckpointError
 
     if args.list:
         print(scenario_table())
@@ -144,6 +145,30 @@ def main(argv=None) -> int:
     out = args.out or default_output_dir(scenario)
     if args.max_steps is not None:
         scenario = scenario.first_steps(args.max_steps)
+    if args.seeds:
+        if args.eval_only is not None or (args.train_base and args.base_only):
+            print("error: --seeds repeats a benchmark run; it does not combine with --eval-only or --base-only",
+                  file=sys.stderr)
+            return 1
+        runs = []
+        for seed in args.seeds:
+            log(f"=== seed {seed} ===")
+            code, data = _run(args, scenario, device, rank, world, log, seed, out / f"seed-{seed}")
+            if code:
+                return code
+            runs.append(data)
+        if rank == 0:
+            _write_summary(runs, out, scenario)
+        return 0
+    return _run(args, scenario, device, rank, world, log, args.seed, out)[0]
+
+
+def _run(args, scenario, device, rank, world, log, seed: int, out: Path) -> tuple[int, dict | None]:
+    """One benchmark run with `seed` into `out`: (exit code, the results JSON)."""
+    from model.benchmark import BenchSettings, ContinualBenchmark
+    from model.io.model_files import save_model
+    from model.io.tensor_files import CheckpointError
+
     try:
         root = args.data_root
         if scenario.dataset == "scenes":
@@ -153,7 +178,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{scenario.name} needs --data-root (the {scenario.dataset} dataset in COCO-panoptic format)")
         train_set, val_set = open_datasets(scenario, root, args.eval_split)
         if args.eval_only is not None:
-            return _eval_only(args, scenario, train_set, val_set, device, log)
+            return _eval_only(args, scenario, train_set, val_set, device, log), None
         # Everything not given on the command line is the scenario's (augmentation and losses always are).
         settings = BenchSettings(
             iterations_per_step=_given(args.iterations, scenario.iterations_per_step),
@@ -163,7 +188,7 @@ def main(argv=None) -> int:
             prompts_per_step=scenario.prompts_per_step,
             delta=args.delta,
             augment=scenario.augment,
-            seed=args.seed,
+            seed=seed,
             device=device,
             max_eval_images=args.max_eval_images,
             loss=scenario.loss,
@@ -171,11 +196,11 @@ def main(argv=None) -> int:
         )
         if args.train_base:
             base = train_base_model(scenario, train_set, out / "base", device=device, backbone=args.backbone,
-                                    iterations=args.base_iterations, batch_size=args.batch_size, seed=args.seed,
+                                    iterations=args.base_iterations, batch_size=args.batch_size, seed=seed,
                                     resume=args.resume, log=log, rank=rank)
             if args.base_only:
                 log(f"base model saved to {out / 'base'}")
-                return 0
+                return 0, None
         else:
             base = load_base_model(args.base, scenario, train_set)
         base = base.to(device)
@@ -190,12 +215,13 @@ def main(argv=None) -> int:
             results["eclipse_paper_deltas"] = bench.evaluate(fixed, scenario.num_steps)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 1, None
+    data = results_json(scenario, settings, results, world)
+    data["machine"] = machine_info(device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for method, model in results["models"].items():
             save_model(model, out / method)
-        data = results_json(scenario, settings, results, world)
         from model.io.atomic import atomic_write_json, atomic_write_text
 
         atomic_write_json(out / "results.json", data, sort_keys=False)
@@ -206,7 +232,19 @@ def main(argv=None) -> int:
         print()
         print(table)
         print(f"\nwrote {out / 'results.json'}, {out / 'results.txt'}, {plot} and the models")
-    return 0
+    return 0, data
+
+
+def _write_summary(runs: list[dict], out: Path, scenario) -> None:
+    from model.io.atomic import atomic_write_json, atomic_write_text
+
+    summary = summarize(runs)
+    atomic_write_json(out / "summary.json", summary, sort_keys=False)
+    table = format_summary(summary)
+    atomic_write_text(out / "summary.txt", table + "\n")
+    print()
+    print(table)
+    print(f"\nwrote {out / 'summary.json'} and {out / 'summary.txt'} (each seed's results in {out}/seed-N)")
 
 
 def _eval_only(args, scenario, train_set, val_set, device, log) -> int:

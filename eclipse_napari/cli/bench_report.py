@@ -126,3 +126,111 @@ def plot_pq(data: dict, path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def machine_info(device: str) -> dict:
+    """What ran the benchmark: floats can round differently on another machine (see the README)."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "system": platform.platform(), "device": device}
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean, standard deviation, minimum and maximum over runs (one per seed) of every method's old /
+    new / all score after the last step, and of the base's; the seeds' deltas; the ratios of the means."""
+    import numpy as np
+
+    metric, _ = _metric(runs[0])
+    seeds = [r["settings"]["seed"] for r in runs]
+
+    def stats(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        a = np.asarray(values, float)
+        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                "min": float(a.min()), "max": float(a.max()), "values": [float(v) for v in a]}
+
+    methods = {}
+    for method in runs[0]["methods"]:
+        finals = [_scores(r["methods"][method][-1], metric) for r in runs]
+        methods[method] = {group: stats([f[group][metric] for f in finals]) for group in ("old", "new", "all")}
+        methods[method]["seconds_per_step"] = stats(
+            [sum(x["seconds"] for x in r["methods"][method]) / len(r["methods"][method]) for r in runs])
+        methods[method]["trainable_parameters"] = runs[0]["methods"][method][-1]["trainable_parameters"]
+        if method == "eclipse":
+            methods[method]["deltas"] = [r["methods"][method][-1]["deltas"] for r in runs]
+    summary = {
+        "scenario": runs[0]["scenario"], "metric": metric, "seeds": seeds, "machine": runs[0].get("machine"),
+        "eval_split": runs[0]["settings"].get("eval_split", "val"),
+        "base": {"old": stats([r["base"][metric]["old"][metric] for r in runs])},
+        "methods": methods,
+    }
+    if all("eclipse_paper_deltas" in r for r in runs):
+        summary["eclipse_paper_deltas"] = {g: stats([r["eclipse_paper_deltas"][g][metric] for r in runs])
+                                           for g in ("old", "new", "all")}
+    base_old = summary["base"]["old"]["mean"]
+    ratios = {}
+    if "eclipse" in methods and base_old:
+        ratios["eclipse_old_over_base_old"] = methods["eclipse"]["old"]["mean"] / base_old
+        ratios["eclipse_old_over_base_old_per_seed"] = [
+            e / b if b else None for e, b in zip(methods["eclipse"]["old"]["values"], summary["base"]["old"]["values"])]
+    if "eclipse" in methods and "joint" in methods and methods["joint"]["new"]["mean"]:
+        ratios["eclipse_new_over_joint_new"] = methods["eclipse"]["new"]["mean"] / methods["joint"]["new"]["mean"]
+    summary["ratios"] = ratios
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a table: mean ± standard deviation (min..max) over the seeds."""
+    name = "mIoU" if summary["metric"] == "miou" else "PQ"
+
+    def cell(s):
+        if s is None:
+            return "-"
+        return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({100 * s['min']:.1f}..{100 * s['max']:.1f})"
+
+    machine = summary.get("machine") or {}
+    lines = [f"{summary['scenario']}: {name} after the last step on the "
+             f"{'tuning' if summary['eval_split'] == 'tune' else 'validation'} split, mean ± std (min..max) over "
+             f"seeds {summary['seeds']}",
+             f"machine: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch "
+             f"{machine.get('torch', '?')}, {machine.get('device', '?')}",
+             f"{'method':<24}{name + ' old':>26}{name + ' new':>26}{name + ' all':>26}",
+             f"{'base model (step 0)':<24}{cell(summary['base']['old']):>26}"]
+    for method, m in summary["methods"].items():
+        label = "ECLIPSE" if method == "eclipse" else method
+        lines.append(f"{label:<24}{cell(m['old']):>26}{cell(m['new']):>26}{cell(m['all']):>26}")
+    if "eclipse_paper_deltas" in summary:
+        p = summary["eclipse_paper_deltas"]
+        lines.append(f"{'ECLIPSE (paper deltas)':<24}{cell(p['old']):>26}{cell(p['new']):>26}{cell(p['all']):>26}")
+    if "eclipse" in summary["methods"]:
+        lines.append("ECLIPSE deltas per seed: " + "; ".join(
+            str([round(d, 2) for d in ds]) for ds in summary["methods"]["eclipse"]["deltas"]))
+    r = summary["ratios"]
+    parts = []
+    if "eclipse_old_over_base_old" in r:
+        per_seed = ", ".join("-" if v is None else f"{100 * v:.1f}%"
+                             for v in r.get("eclipse_old_over_base_old_per_seed", []))
+        verdict = "meets" if r["eclipse_old_over_base_old"] >= 0.95 else "misses"
+        parts.append(f"ECLIPSE old / base old = {100 * r['eclipse_old_over_base_old']:.1f}% on the mean "
+                     f"({verdict} the 95% line; per seed {per_seed})")
+    if "eclipse_new_over_joint_new" in r:
+        parts.append(f"ECLIPSE new / joint new = {100 * r['eclipse_new_over_joint_new']:.0f}% on the mean")
+    lines += parts
+    return "\n".join(lines)

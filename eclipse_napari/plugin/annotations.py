@@ -54,10 +54,12 @@ def new_layer_args(image, class_name: str, is_thing: bool, kind: str = INSTANCES
     return np.zeros(shape, np.int32), {"name": layer_name(class_name, image.name, kind), "metadata": metadata}
 
 
-def _digest(instances: np.ndarray, background: np.ndarray | None) -> str:
+def _digest(instances: np.ndarray, background: np.ndarray | None, complete: bool = False) -> str:
     h = hashlib.sha1(np.ascontiguousarray(instances, dtype=np.int32).tobytes())
     if background is not None and background.any():
         h.update(np.packbits(background).tobytes())
+    if complete:
+        h.update(b"complete")
     return h.hexdigest()
 
 
@@ -78,9 +80,10 @@ class Restored:
                 "kept, and what you paint here is stored separately")
 
 
-def restore(layer, image, project: Project, saved: dict) -> Restored:
+def restore(layer, image, project: Project, saved: dict, complete: dict) -> Restored:
     """Puts what the project holds for this layer's class on this image's pixels back into it (its
-    instances, or its background for a background layer), noting it in `saved` as `save` does. Masks
+    instances, or its background for a background layer), noting it in `saved` as `save` does, and
+    whether each plane was marked complete in `complete`. Masks
     stored for an image of the same layer name but other pixels are refused (listed in the result);
     those of projects keyed by layer name are taken over (re-keyed) where the pixels match."""
     name, kind, ids = layer.metadata[L.CLASS_KEY], layer.metadata[L.KIND_KEY], layer.metadata[L.IDENTITY_KEY]
@@ -109,18 +112,19 @@ def restore(layer, image, project: Project, saved: dict) -> Restored:
             layer.data[index] = a.background.astype(np.int32)
         else:
             layer.data[index] = a.instances
-        saved[(name, identity)] = _digest(a.instances, a.background)
+        saved[(name, identity)] = _digest(a.instances, a.background, a.complete)
+        complete[(name, identity)] = a.complete
         out.planes += 1
     layer.refresh()
     return out
 
 
-def save(instance_layer, background_layer, image, project: Project, saved: dict) -> None:
+def save(instance_layer, background_layer, image, project: Project, saved: dict, complete: dict) -> None:
     """Writes the planes of a class's annotation layers on one image that changed since they were last
     saved (`saved` maps (class, plane identity) to a hash of what the project holds; a never-saved
-    empty plane counts as saved). Either layer may be None; `image` is the image layer they were
-    painted on (kept by the caller even if it left the viewer). An emptied plane removes its stored
-    annotation."""
+    empty plane counts as saved), with whether each is marked complete (`complete`, same keys). Either
+    layer may be None; `image` is the image layer they were painted on (kept by the caller even if it
+    left the viewer). An emptied plane, not marked complete, removes its stored annotation."""
     some = instance_layer if instance_layer is not None else background_layer
     name, ids = some.metadata[L.CLASS_KEY], some.metadata[L.IDENTITY_KEY]
     for index, identity in ids.items():
@@ -129,13 +133,15 @@ def save(instance_layer, background_layer, image, project: Project, saved: dict)
         instances = (np.zeros(plane_shape, np.int32) if instance_layer is None
                      else np.asarray(instance_layer.data[tuple(index)]).astype(np.int32))
         background = None if background_layer is None else np.asarray(background_layer.data[tuple(index)]) > 0
-        digest = _digest(instances, background)
-        nothing = not instances.any() and (background is None or not background.any())
+        whole = complete.get(key, False)
+        digest = _digest(instances, background, whole)
+        nothing = not instances.any() and (background is None or not background.any()) and not whole
         if saved.get(key) == digest or (key not in saved and nothing):
             continue
         plane = to_model_plane(image.data[tuple(index)], image.rgb, image.contrast_limits)
         project.save_annotation(identity, plane, instances, name, background,
-                                name=L.plane_key(image.name, tuple(index)), source=source_path(image))
+                                name=L.plane_key(image.name, tuple(index)), source=source_path(image),
+                                complete=whole)
         saved[key] = digest
 
 
@@ -146,10 +152,23 @@ def examples(project: Project, class_name: str) -> list:
 
 
 def summary(project: Project, class_name: str) -> str:
+    """What the project holds for a class, and how Learn will read the unpainted pixels."""
     stored = examples(project, class_name)
     instances = sum(len(np.unique(a.instances)) - 1 for a in stored)
-    background = sum(a.background is not None for a in stored)
-    text = f"{class_name}: {instances} instance(s) on {len(stored)} image(s)"
-    if background:
-        text += f", background painted on {background} (the rest of those is unknown)"
-    return text + ", saved in the project"
+    return f"{class_name}: {instances} instance(s) on {len(stored)} image(s), saved in the project. {reading(stored)}"
+
+
+def reading(stored: list) -> str:
+    """How Learn reads the unpainted pixels of these annotations, in words."""
+    complete = sum(a.complete for a in stored)
+    partly = len(stored) - complete
+    strokes = sum(a.background is not None for a in stored if not a.complete)
+    parts = []
+    if complete:
+        parts.append(f"{complete} image(s) marked complete: every unpainted pixel there is 'not this class'")
+    if partly:
+        parts.append(f"{partly} image(s) partly painted: unpainted pixels there are unknown; 'not this class' is "
+                     f"learned from {'your background strokes, ' if strokes else ''}a thin band around each painted "
+                     "instance and what the model already knows for sure (tick 'every instance painted' where "
+                     "you painted them all)")
+    return "; ".join(parts) + "." if parts else ""

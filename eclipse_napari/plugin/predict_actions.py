@@ -19,7 +19,9 @@ class PredictActions:
         return self.viewer.layers[name]
 
     def _on_active_layer(self, *_) -> None:
-        """The legend follows the prediction (or the image) selected in the layer list."""
+        """The legend follows the prediction (or the image) selected in the layer list; the 'every
+        instance painted' box follows the annotation selected."""
+        self._sync_complete()
         layer = self.viewer.layers.selection.active
         if layer is None or self.session is None:
             return

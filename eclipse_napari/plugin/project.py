@@ -12,7 +12,8 @@ closed viewer never leaves a half-written file. Layout of a project folder `root
                    "name": "<layer name [plane]>", "source": "<file it came from>"}, ...],  # both optional
        "annotations": [{"image": "<image key>", "class": "<class name>",
                         "file": "masks/<class dir>/<stem>.png",
-                        "background": "masks/<class dir>/<stem>.background.png"}, ...]}  # optional
+                        "background": "masks/<class dir>/<stem>.background.png",  # optional
+                        "complete": false}, ...]}
 
   Category ids are 1-based and project-local, in order of first use. Annotations are listed in save
   order (the last saved is last); image keys and class names are stored verbatim here only. The plugin
@@ -23,8 +24,11 @@ closed viewer never leaves a half-written file. Layout of a project folder `root
 - ``masks/<class dir>/<stem>.png``: one class's instance labels on one image, a lossless 16-bit grey
   PNG (0 = unlabelled, k > 0 = instance k). This is what `Project.annotations()` reads back.
 - ``masks/<class dir>/<stem>.background.png``: where the user painted "not this class" (8-bit, 255 =
-  background); with it, the other unpainted pixels of that image are unknown to Learn instead of
-  background (partial painting). An image may hold only background (an example without the class).
+  background). An image may hold only background (an example without the class).
+- ``complete``: the user marked every instance of the class on that image as painted, so every
+  unpainted pixel is "not this class"; otherwise unpainted pixels are unknown to Learn (except the
+  painted background and a thin band around painted instances). Entries of projects written before
+  the flag existed read as complete where no background was painted (what they meant then).
 - Exports, regenerated after every change (never read back by this module):
 
   - ``panoptic.json`` + ``panoptic/<stem>.png``: COCO panoptic (pixel id = R + 256 G + 256^2 B). One PNG
@@ -83,6 +87,7 @@ class Annotation:
     instances: np.ndarray  # int32 [H, W]; 0 = unlabelled, k > 0 = instance k
     background: np.ndarray | None = None  # bool [H, W]: painted "not this class"; None = none painted
     image_name: str | None = None  # the layer name (and plane) it was last saved from, if recorded
+    complete: bool = False  # every instance on the image is painted: the rest is "not this class"
 
 
 class Project:
@@ -131,10 +136,11 @@ class Project:
 
     def save_annotation(self, image_key: str, image: np.ndarray, instances: np.ndarray, class_name: str,
                         background: np.ndarray | None = None, *, name: str | None = None,
-                        source: str | None = None) -> None:
+                        source: str | None = None, complete: bool = False) -> None:
         """Store `instances` of `class_name` on `image`, with the painted background ("not this class")
-        if any; nothing painted at all removes the entry instead. `name`, `source`: what the user calls
-        the image (layer name, file), recorded with it."""
+        if any; `complete`: every instance on the image is painted (an image marked complete with
+        nothing painted is an example without the class). Nothing painted and not complete removes the
+        entry instead. `name`, `source`: what the user calls the image (layer name, file), recorded."""
         check_name(image_key, "image key")
         check_name(class_name, "class name")
         if self._category(class_name) is None:
@@ -145,7 +151,7 @@ class Project:
         if background is not None:
             background = background & (instances == 0)  # an instance painted over background wins
             background = background if background.any() else None
-        if not instances.any() and background is None:
+        if not instances.any() and background is None and not complete:
             self.remove_annotation(image_key, class_name)
             return
 
@@ -186,6 +192,7 @@ class Project:
             new_entry["background"] = mask_file[: -len(".png")] + ".background.png"
             write_png(self.root / new_entry["background"], background.astype(np.uint8) * 255)
             stale_background = None
+        new_entry["complete"] = bool(complete)
         entries = [e for e in self._entries if e is not entry]
         entries.append(new_entry)
         self._commit(self._categories, images, entries, changed=image_key)
@@ -238,9 +245,10 @@ class Project:
         return self._read(sorted(self._entries, key=lambda e: (e["image"], e["class"])))
 
     def examples_for(self, class_name: str) -> list[Annotation]:
-        """The non-empty annotations of one class (instances or painted background), sorted by image key."""
+        """The non-empty annotations of one class (instances, painted background, or an image marked
+        complete), sorted by image key."""
         entries = sorted((e for e in self._entries if e["class"] == class_name), key=lambda e: e["image"])
-        return [a for a in self._read(entries) if a.instances.any() or a.background is not None]
+        return [a for a in self._read(entries) if a.instances.any() or a.background is not None or a.complete]
 
     # ------------------------------------------------------------------ index
 
@@ -305,7 +313,8 @@ class Project:
                 background = read_png(self.root / e["background"], np.uint8) > 0
                 if background.shape != instances.shape:
                     raise ProjectError(f"{self.root / e['background']}: mask is {background.shape}, not {instances.shape}")
-            out.append(Annotation(key, e["class"], image.copy(), instances, background, info.get("name")))
+            out.append(Annotation(key, e["class"], image.copy(), instances, background, info.get("name"),
+                                  bool(e.get("complete", False))))
         return out
 
     # ------------------------------------------------------------------ exports

@@ -193,11 +193,17 @@ def parse_index(data: Any) -> tuple[list[dict], list[dict], list[dict]]:
         check_rel_path(e.get("file"), "masks", what)
         if "background" in e:
             check_rel_path(e.get("background"), "masks", what)
+        if "complete" in e and not isinstance(e["complete"], bool):
+            raise ProjectError(f"{what}: complete must be true or false, got {e['complete']!r}")
         pair = (e["image"], e["class"])
         if pair in seen:
             raise ProjectError(f"{what}: image {pair[0]!r} has two annotations of class {pair[1]!r}")
         seen.add(pair)
-        entries.append({k: e[k] for k in ("image", "class", "file", "background") if k in e})
+        entry = {k: e[k] for k in ("image", "class", "file", "background") if k in e}
+        # Projects written before the flag existed: an image without painted background was taken as
+        # painted completely, one with background as partly painted; they keep that meaning.
+        entry["complete"] = bool(e.get("complete", "background" not in e))
+        entries.append(entry)
     files = [e["file"] for e in entries] + [e["background"] for e in entries if "background" in e]
     if len(set(files)) != len(files):
         raise ProjectError("two annotations share a mask file")

@@ -57,6 +57,7 @@ class StepInfo:
     classes: tuple  # ClassSpec
     delta: float
     dense: bool = False  # a dense step (per-pixel head, no queries, no delta)
+    learner: str = "base"  # how the step was learned: "dense" or "prompts" (LearnConfig.learner); the base: "base"
 
 
 class Session:
@@ -79,7 +80,8 @@ class Session:
         return self.model.classes
 
     def steps(self) -> list[StepInfo]:
-        return [StepInfo(t, tuple(g.classes), float(g.delta), t > 0 and g.num_queries == 0)
+        return [StepInfo(t, tuple(g.classes), float(g.delta), t > 0 and g.num_queries == 0,
+                         g.learner if t > 0 else "base")
                 for t, g in enumerate(self.model.groups)]
 
     @contextmanager

@@ -62,8 +62,42 @@ class TeachActions:
         return layer
 
     def add_background_layer(self):
-        """The background ("not this class") layer of the selected image, in paint mode."""
+        """The background ("not this class") layer of the image being annotated (the image of the
+        selected annotation layer; otherwise the chosen image), in paint mode."""
+        image = self._annotated_image()
+        if image is not None:
+            self.image_choice.setCurrentText(image.name)
         return self.add_annotation_layer(annotations.BACKGROUND)
+
+    def _annotated_image(self):
+        """The image layer of the selected annotation layer (of the class typed), or None."""
+        layer = self.viewer.layers.selection.active
+        if layer is None or self.painting is None or layer.metadata.get(L.CLASS_KEY) != self.class_name.text().strip():
+            return None
+        return self.painting.image_of(layer)
+
+    def _annotation_layer_shown(self):
+        """(the instance layer of the class typed on the image being annotated, the plane shown) or None."""
+        image = self._annotated_image()
+        if image is None:
+            return None
+        layer = self.painting.layer_for(self.class_name.text().strip(), image, annotations.INSTANCES)
+        return None if layer is None else (layer, self._shown_plane(image))
+
+    def _mark_complete(self, checked: bool) -> None:
+        """The checkbox: the image being annotated is (not) painted completely; saved with its painting."""
+        shown = self._annotation_layer_shown()
+        if shown is None:
+            self.complete.setChecked(False)
+            return self._notify("select the annotation layer of the image you painted (Annotate selected image) "
+                                "first: the box applies to that image", "warning")
+        self.painting.set_complete(*shown, checked)
+        self._save_timer.start()
+
+    def _sync_complete(self) -> None:
+        """The checkbox shows the flag of the annotation selected (unticked for any other layer)."""
+        shown = self._annotation_layer_shown()
+        self.complete.setChecked(shown is not None and self.painting.is_complete(*shown))
 
     def _annotation_changed(self, layer) -> None:
         self.painting.changed(layer)
@@ -89,15 +123,18 @@ class TeachActions:
         from model.interactive.config import NewClass
 
         categories = {c["name"]: c for c in self.project.categories}
-        out, keys = [], set()
+        out, keys, readings = [], set(), []
         for name in names:
             stored = annotations.examples(self.project, name)
+            readings.append(f"{name}: {annotations.reading(stored)}")
             if not any(a.instances.any() for a in stored):
                 raise ValueError(f"no annotations of {name!r} yet: click 'Annotate selected image' and paint")
             c = categories[name]
-            out.append(NewClass(name, bool(c["isthing"]), [Example(a.image, a.instances, a.background) for a in stored],
+            out.append(NewClass(name, bool(c["isthing"]),
+                                [Example(a.image, a.instances, a.background, complete=a.complete) for a in stored],
                                 tuple(c["color"])))
             keys |= {a.image_key for a in stored}
+        self.painting_reading = "<br>".join(readings)  # said at Learn: how the unpainted pixels are read
         return out, keys
 
     def _unlearned(self) -> list[str]:
@@ -136,10 +173,13 @@ class TeachActions:
             context = self._context_planes(painted)
         except (ValueError, ProjectError) as exc:
             return self._notify(str(exc), "error")
-        config = LearnConfig(iterations=self.iterations.value())
+        if refine:  # the step's own learner, with that learner's own iterations
+            config = LearnConfig.for_learner(self.session.model.groups[-1].learner)
+        else:
+            config = LearnConfig.for_learner(self.learner.currentData(), iterations=self.iterations.value())
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
-        self.report.setText("")
+        self.report.setText(self.painting_reading)
         threads = self.threads.value()
         train = self.session.refine if refine else self.session.learn_classes
 
@@ -186,10 +226,11 @@ class TeachActions:
             self._notify("Learning cancelled; the model is unchanged")
         else:
             names = ", ".join(self.session.classes[i - 1].name for i in result.class_ids)
-            how = "a dense step" if result.delta is None else f"δ = {result.delta:g}"
+            how = "a dense step" if result.delta is None else f"an ECLIPSE prompt step, δ = {result.delta:g}"
             verb = "Refined" if result.refined else "Learned"
             what = f"{names} (the newest step)" if result.refined else names
-            self.report.setText(f"{verb} <b>{what}</b> in {result.seconds:.0f} s ({how}).{_report(result)}")
+            self.report.setText(f"{verb} <b>{what}</b> in {result.seconds:.0f} s ({how}).{_report(result)}"
+                                f"<br>{self.painting_reading}")
             self._notify(f"{verb} {names} in {result.seconds:.0f} s")
         self._refresh_model()
         QTimer.singleShot(0, self._repredict)

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from model.interactive.config import LearnConfig  # no torch: the widget appears at once
+from model.interactive.config import LEARNERS, LearnConfig  # no torch: the widget appears at once
 
 from . import annotations
 from . import layers as L
@@ -41,6 +41,7 @@ from .step_actions import StepActions
 from .teach_actions import TeachActions
 
 MODEL_FOLDER = "model"  # inside the project folder: the model with every learned step
+LEARNER_NAMES = {"dense": "dense (per-pixel head)", "prompts": "prompts (ECLIPSE)"}  # LearnConfig.learner
 
 
 class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
@@ -52,6 +53,7 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         self.state = State.LOADING
         self.last_message = ""
         self.last_learn = None  # LearnResult of the last Learn
+        self.painting_reading = ""  # how Learn reads the painting of the classes it learns (said at Learn)
         self._worker = None
         self._cancel = threading.Event()  # our Cancel; napari's close calls worker.quit() instead
         # Qt may delete this widget (window closed) while a worker still runs: its late results are dropped
@@ -101,12 +103,26 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         self.background_button = button("Paint background", self.add_background_layer)
         self.background_button.setToolTip("paint 'not this class' beside a few instances: the rest of the image "
                                           "then counts as unknown, so you need not paint every instance")
-        self.teach_info = QLabel("Name a class, then paint its instances (one label per instance); paint a "
-                                 "few of them and some background, or all of them.", wordWrap=True)
+        self.complete = QCheckBox("every instance on this image is painted")
+        self.complete.setToolTip("ticked: the rest of this image is 'not this class'; unticked (paint a few "
+                                 "instances first): the rest is unknown, and 'not this class' is learned from "
+                                 "background strokes, a thin band around each painted instance and what the "
+                                 "model already knows for sure")
+        self.complete.clicked.connect(self._mark_complete)
+        self.teach_info = QLabel("Name a class, then paint its instances (one label per instance): a few of "
+                                 "them (and some background), or all of them (then tick the box).", wordWrap=True)
         teach_box = box("Teach", row(self.class_name, self.class_kind), row(self.annotate_button,
-                        self.background_button), self.teach_info)
+                        self.background_button), self.complete, self.teach_info)
 
+        self.learner = QComboBox(toolTip="how Learn learns the new classes: a dense step (a per-pixel head on "
+                                 "the frozen features: any number of instances, boundaries at full resolution) "
+                                 "or ECLIPSE's prompt step as published (10 prompts through the frozen decoder)")
+        for learner in LEARNERS:
+            self.learner.addItem(LEARNER_NAMES[learner], learner)
         self.iterations = QSpinBox(minimum=10, maximum=20000, value=LearnConfig().iterations, singleStep=50)
+        # Each learner starts from its own measured number of iterations.
+        self.learner.currentIndexChanged.connect(
+            lambda _: self.iterations.setValue(LearnConfig.for_learner(self.learner.currentData()).iterations))
         self.learn_button = button("Learn", self.learn)
         self.learn_button.setToolTip("learn every class painted since the last step, in one new step")
         self.refine_button = button("Refine", self.refine)
@@ -117,6 +133,7 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         self.progress_label = QLabel("", wordWrap=True)
         self.report = QLabel("", wordWrap=True)
         form = QFormLayout()
+        form.addRow("Learner", self.learner)
         form.addRow("Iterations", self.iterations)
         learn_box = box("Learn", form, row(self.learn_button, self.refine_button, self.cancel_button), self.progress,
                          self.progress_label, self.report)
@@ -188,7 +205,8 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         for info in self.session.steps():
             names = ", ".join(f"{c.name} ({'thing' if c.is_thing else 'stuff'})" for c in info.classes)
             label = "base" if info.step == 0 else f"step {info.step}"
-            kind = "dense" if info.dense else f"δ={info.delta:g}"
+            kind = "" if info.step == 0 else LEARNER_NAMES.get(info.learner, info.learner)
+            kind += "" if info.dense else f"{', ' if kind else ''}δ={info.delta:g}"
             self.steps.addItem(f"{label}: {names}   {kind}")
         self.steps.setCurrentRow(self.steps.count() - 1)  # shown: the newest step is what Undo and Export act on
         self.legend.set_classes(model.classes)

@@ -12,9 +12,12 @@ from ..training.progress import RunState
 class Example:
     """One painted image: `instances` holds k > 0 on instance k of the class and 0 elsewhere.
 
-    Without `background`, every unpainted pixel is taken as "not this class" (the image is painted
-    completely). With `background` (True where the user painted "not this class"), only those pixels are
-    known background and the other unpainted ones are unknown: a few instances and a few strokes teach.
+    What the unpainted pixels are: with `complete` (every instance of the step's classes on this image
+    is painted), none of the step's classes. Otherwise (the default: people paint a few instances
+    first) they are unknown, except what is known to be background: the `background` the user
+    painted ("not this class"), a thin band around each painted thing instance (the user painted the
+    instance whole, so just outside it is not that instance; `examples.known_background`), and, for a
+    dense step, what the model already holds confidently for an old class.
     """
 
     image: np.ndarray  # [H,W], [H,W,3|4] or [3,H,W], uint8 or float in 0..255
@@ -22,10 +25,12 @@ class Example:
     background: np.ndarray | None = None  # [H,W] bool, or None
     # For a step of several classes: instance id -> index of its class in the step (None: all the first).
     instance_classes: dict[int, int] | None = None
+    complete: bool = False  # every instance on the image is painted: the rest is background
 
     @property
     def partial(self) -> bool:
-        return self.background is not None and bool(np.asarray(self.background).any())
+        """Unpainted pixels are unknown (but for the known background)."""
+        return not self.complete
 
 
 @dataclass
@@ -53,7 +58,11 @@ class LearnConfig:
     clip_norm: float = 1.0
     num_prompts: int = 10  # prompts only
     num_points: int = 3136  # prompts only: points per mask in the losses
-    dense_hidden: int = 48  # dense only: channels of the head
+    dense_hidden: int = 32  # dense only: channels of the head at stride 4
+    dense_fine: int = 8  # dense only: channels of the head at the image's resolution
+    dense_crop: int = 128  # dense only: each sample trains on a random window of this side (0 = whole)
+    # Dense only: the frozen maps the head reads (see model.network.dense_head.DENSE_INPUTS).
+    dense_inputs: tuple[str, ...] = ("res2", "res3", "res4", "res5", "mask", "mem32", "mem16", "mem8")
     max_context: int = 4  # dense only: context images used (of those given), evenly spread
     # Dense only, post-processing (see InstanceRule; chosen on the tuning split of learn_quality.py):
     foreign_ceiling: float = 0.5
@@ -68,6 +77,13 @@ class LearnConfig:
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
             raise ValueError(f"unknown learner {self.learner!r}; choose from {list(LEARNERS)}")
+
+    @staticmethod
+    def for_learner(learner: str, **changes) -> "LearnConfig":
+        """The settings measured for a learner (`LEARNERS`), with `changes`."""
+        if learner not in LEARNERS:
+            raise ValueError(f"unknown learner {learner!r}; choose from {list(LEARNERS)}")
+        return LearnConfig.prompts(**changes) if learner == "prompts" else LearnConfig(**changes)
 
     @staticmethod
     def prompts(**changes) -> "LearnConfig":

@@ -51,7 +51,7 @@ def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
         for y0, y1, x0, x1 in _windows(painted, side):
             crop = crop_image(image, y0, y1, x0, x1)
             background = None if e.background is None else np.asarray(e.background)[y0:y1, x0:x1]
-            out.append(Example(crop, instances[y0:y1, x0:x1], background, e.instance_classes))
+            out.append(Example(crop, instances[y0:y1, x0:x1], background, e.instance_classes, e.complete))
     return out
 
 

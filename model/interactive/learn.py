@@ -25,8 +25,8 @@ from ..training.engine import TrainConfig, train
 from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages, PaintedImages
 from .crops import centre_crop, crop_to_painting
-from .examples import ExampleSet, check_examples, labelled, merge_classes
-from .negatives import find_look_alikes, instance_rule, old_class_negatives
+from .examples import ExampleSet, check_examples, known_background, labelled, merge_classes
+from .negatives import choose_core, find_look_alikes, instance_rule, old_class_negatives
 
 
 def learn_class(model: EclipseModel, name: str, is_thing: bool, examples: Sequence[Example],
@@ -61,7 +61,8 @@ def learn_classes(
     if dense:
         with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
             torch.manual_seed(config.seed)
-            model.add_dense_step(names, is_thing, colors, config.dense_hidden, prepared.rule)
+            model.add_dense_step(names, is_thing, colors, config.dense_hidden, config.dense_fine, config.dense_inputs,
+                                 prepared.rule)
     else:
         model.add_step(names, is_thing, config.num_prompts, colors)
     try:  # from here on, any failure removes the step again
@@ -99,6 +100,9 @@ def refine_last_step(
     if [c.is_thing for c in classes] != [c.is_thing for c in group.classes]:
         raise ValueError("refining cannot change whether a class is a thing or stuff")
     dense = group.num_queries == 0
+    if dense and not hasattr(group.head, "forward_both"):
+        raise ValueError("the newest step was learned by an earlier version of this program and cannot be "
+                         "retrained: remove it and Learn its classes again (the painting is kept)")
     if config.learner != ("dense" if dense else "prompts"):  # the step's kind decides; keep the iterations
         config = replace(LearnConfig() if dense else LearnConfig.prompts(), iterations=config.iterations)
     saved = {k: v.detach().clone() for k, v in group.state_dict().items()}
@@ -161,11 +165,12 @@ class _Prepared:
         self.context = [centre_crop(c, config.max_side) for c in context]
         # Each image's frozen features are made once: the predictions before the step come from them, and
         # after training the delta choice and the reports only run the decoder and heads on them again.
-        self.frozen = FrozenImages(model, [e.image for e in self.examples] + self.context)
+        self.dense = config.learner == "dense"
+        self.frozen = FrozenImages(model, [e.image for e in self.examples] + self.context,
+                                   dense=self.dense or model.has_dense_steps)
         self.reference = [self.frozen.predict(model, k) for k in range(len(self.examples))]
         self.context_refs = [self.frozen.predict(model, len(self.examples) + k)  # for negatives and the report
                              for k in range(len(self.context))]
-        self.dense = config.learner == "dense"
         self.weights, self.extra, self.rule = None, [], None
         if self.dense:
             used = _spread(list(range(len(self.context))), config.max_context)
@@ -173,6 +178,9 @@ class _Prepared:
             self.examples, self.extra = old_class_negatives(
                 self.examples, self.reference, [self.context[i] for i in used], [self.context_refs[i] for i in used],
                 look_alikes)
+            if not any(known_background(e, self.is_thing).any() for e in self.examples + self.extra):
+                raise ValueError("nothing says where the new classes are not: paint some background ('Paint "
+                                 "background'), or mark an image whose every instance is painted as complete")
             if self.extra:  # the painted examples make two thirds of what is drawn
                 self.weights = ([2 / 3 / len(self.examples)] * len(self.examples)
                                 + [1 / 3 / len(self.extra)] * len(self.extra))
@@ -185,7 +193,7 @@ class _Prepared:
                           self.weights)
         train_config = TrainConfig(
             iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-            clip_norm=config.clip_norm, augment_variants=config.augment_variants,
+            clip_norm=config.clip_norm, augment_variants=config.augment_variants, dense_crop=config.dense_crop,
             loss=LossConfig(num_points=config.num_points),
         )
         result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
@@ -195,7 +203,9 @@ class _Prepared:
         raws = [self.frozen.infer(model, k) for k in range(len(self.frozen))]  # every image, after the step
         painted, other = raws[: len(self.examples)], raws[len(self.examples):]
         table = []
-        if not self.dense:
+        if self.dense:
+            choose_core(model, painted, self.examples, class_ids, self.is_thing)
+        else:
             deltas, table = select_deltas(model, [labelled(e, class_ids) for e in self.examples], self.reference,
                                           scale=4, raws=painted)  # scored at the masks' resolution
             model.set_deltas(deltas)
@@ -216,10 +226,12 @@ def _spread(items: Sequence, count: int) -> list:
 class FrozenImages:
     """Images whose frozen features (backbone and pixel decoder) are made once and kept, up to a budget
     (beyond it they are made again when asked for): Learn predicts every image before the step and again
-    after it, and the frozen part is most of a prediction's cost."""
+    after it, and the frozen part is most of a prediction's cost. `dense`: keep what dense heads read
+    too (needed when the model has, or is about to get, a dense step)."""
 
-    def __init__(self, model: EclipseModel, images: Sequence, budget_bytes: int = 1 << 30):
+    def __init__(self, model: EclipseModel, images: Sequence, budget_bytes: int = 1 << 30, dense: bool | None = None):
         self.images, self.encoded, kept = list(images), [], 0
+        self.dense = model.has_dense_steps if dense is None else dense
         for image in self.images:
             encoded = self._encode(model, image)
             kept += encoded.nbytes
@@ -228,10 +240,9 @@ class FrozenImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    @staticmethod
     @torch.no_grad()
-    def _encode(model, image):
-        return model.encode_images(to_chw_tensor(image)[None])
+    def _encode(self, model, image):
+        return model.encode_images(to_chw_tensor(image)[None], dense=self.dense)
 
     @torch.no_grad()
     def infer(self, model: EclipseModel, index: int) -> RawPrediction:

@@ -17,7 +17,8 @@ import torch
 from ..network.build import build_model
 from ..network.classes import ClassSpec
 from ..network.config import ModelConfig
-from ..network.dense_head import InstanceRule
+from ..network.dense_head import build_dense_head
+from ..network.dense_segments import InstanceRule
 from ..network.eclipse import EclipseModel
 from ..network.query_groups import DenseGroup, QueryGroup
 from .atomic import atomic_write_json
@@ -91,7 +92,7 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
     if group is None:
         raise ValueError(f"the model has steps 1..{model.num_steps}, not {step}")
     if isinstance(group, DenseGroup):
-        layout = {"dense_head": {"hidden": group.head.hidden, "rule": group.rule.to_json()}}
+        layout = {"dense_head": {**group.head.layout(), "rule": group.rule.to_json()}}
     else:
         layout = {"position_sets": group.positions.shape[0], "owns_no_object_head": group.no_object_head is not None}
     metadata = {
@@ -116,7 +117,7 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         classes = [ClassSpec.from_json(c) for c in meta["classes"]]
         base_fp, parent_fp = meta["base_fingerprint"], meta["parent_fingerprint"]
         if "dense_head" in meta:  # a dense step (no queries)
-            hidden, rule = int(meta["dense_head"]["hidden"]), InstanceRule.from_json(meta["dense_head"]["rule"])
+            layout, rule = dict(meta["dense_head"]), InstanceRule.from_json(meta["dense_head"]["rule"])
         else:
             position_sets, owns_no_object = int(meta["position_sets"]), bool(meta["owns_no_object_head"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -139,7 +140,11 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
     if len(deltas) != step + 1:
         raise CheckpointError(f"{path}: expected {step + 1} deltas, found {len(deltas)}")
     if "dense_head" in meta:
-        group = DenseGroup(model.config.hidden_dim, classes, hidden, rule)
+        try:
+            head = build_dense_head(layout, len(classes), model.dense_input_channels, model.config.hidden_dim)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: the dense step's head does not fit this model ({exc})") from exc
+        group = DenseGroup(classes, head, rule)
     else:
         content = tensors.get("content")
         if content is None or content.ndim != 2:

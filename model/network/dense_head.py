@@ -1,173 +1,185 @@
-"""Dense steps: a step whose classes are found per pixel on the frozen mask features, not by queries.
+"""Dense steps' heads: a step whose classes are found per pixel on the frozen features, not by queries.
 
-A fixed set of queries can find at most that many instances, and few-shot prompts learn small, many or
-touching objects poorly. A dense step owns one small convolutional head on the frozen stride-4 mask
-features instead. Per class it predicts a foreground logit and, for thing classes, a normalised
-distance to the instance boundary (1 at an instance's centre, 0 at its edge); instances are the
-watershed basins of that distance, seeded by its cores (where it exceeds `core`), so touching
-instances come apart wherever the head learned their boundary. Like a prompt step it reads only frozen
-features: every earlier step's output stays bit-identical, and removing it restores the model exactly.
+A fixed set of queries finds at most that many instances, and few-shot prompts learn small, many or
+touching objects poorly. A dense step owns one small convolutional head instead. It reads what the
+frozen model computes anyway (`DenseInputs`): the backbone's four levels (strides 4 to 32: general
+ImageNet features, which still describe images unlike anything the base was trained on), the pixel
+decoder's mask features and memories (what the base learned about its own classes), and the image
+itself. The levels meet at stride 4 (a 1x1 projection each, summed, two 3x3 convolutions for context);
+a light path then brings the result to the image's own resolution, where two 3x3 convolutions read it
+together with the pixels, so boundaries follow the image and not a stride-4 grid.
+
+Per class the head predicts a foreground logit and, for thing classes, a normalised distance to the
+instance boundary (1 at an instance's centre, 0 at its edge); `dense_segments` turns them into
+segments. Like a prompt step it reads only frozen features: every earlier step's output stays
+bit-identical, and removing it restores the model exactly.
+
+`StrideFourHead` is the head of dense steps written by version 1 (the stride-4 mask features and the
+stride-8 memory only, output at stride 4): such step files still load and predict as they did.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
-
-@dataclass(frozen=True)
-class InstanceRule:
-    """How per-pixel maps become segments; set from the painted examples when the step is learned.
-    The defaults of the last three fields reproduce step files written before they existed."""
-
-    foreground: float = 0.5  # probability above which a pixel belongs to the class
-    core: float = 0.5  # normalised distance above which a pixel is an instance core (a seed)
-    min_area: float = 16.0  # segments smaller than this many pixels are dropped (instances and stuff)
-    # A pixel the earlier steps hold goes to this step only where its probability beats theirs (the
-    # owning query's score x mask) by this much: new knowledge overrides old only where surer.
-    override_margin: float = 0.1
-    # Old classes the painted pixels fell on (the new class's look-alikes). A pixel another old class
-    # holds goes to this step only where that hold is weaker than `foreign_ceiling`: a thing the model
-    # knows is not taken by a class that merely resembles it.
-    look_alikes: tuple[int, ...] = ()
-    foreign_ceiling: float = 1.0
-    # A thing segment is replaced by the query mask (of any query) that overlaps it with at least this
-    # IoU: the queries' masks follow object boundaries better than a per-pixel head. 0 = never.
-    snap_iou: float = 0.0
-
-    def to_json(self) -> dict:
-        return asdict(self) | {"look_alikes": list(self.look_alikes)}
-
-    @staticmethod
-    def from_json(data: dict) -> "InstanceRule":
-        values = {k: float(v) for k, v in data.items() if k != "look_alikes"}
-        return InstanceRule(**values, look_alikes=tuple(int(c) for c in data.get("look_alikes", ())))
-
-    def claim(self, probs: np.ndarray, held: np.ndarray | None, owner: np.ndarray | None) -> np.ndarray:
-        """Where this step may place its classes: [H, W] bool. `held`: the probability with which
-        earlier steps hold each pixel (0 = nothing holds it); `owner`: their class id there."""
-        if held is None:
-            return np.ones(probs.shape[1:], bool)
-        surer = probs.max(0) > held + self.override_margin
-        if owner is not None and self.foreign_ceiling < 1.0:
-            foreign = ~np.isin(owner, self.look_alikes)
-            surer &= ~foreign | (held < self.foreign_ceiling)
-        return (held == 0) | surer
-
-
-def dense_input(mask_features: torch.Tensor, memories: list[torch.Tensor]) -> torch.Tensor:
-    """What a dense head reads: the stride-4 mask features and the stride-8 memory (the pixel
-    decoder's finest transformer level, more semantic) brought to stride 4."""
-    finest = F.interpolate(memories[-1], size=mask_features.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([mask_features, finest], 1)
-
-
-class DenseHead(nn.Module):
-    """Dense input [B, 2D, h, w] (see `dense_input`) -> logits [B, 2C, h, w]: C foreground channels,
-    then C distance channels (a sigmoid gives the normalised distance; unused for stuff classes)."""
-
-    def __init__(self, in_dim: int, num_classes: int, hidden: int = 64):
-        super().__init__()
-        self.num_classes, self.hidden = num_classes, hidden
-        self.layers = nn.Sequential(
-            nn.Conv2d(2 * in_dim, hidden, 1), nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, 2 * num_classes, 1),
-        )  # fmt: skip
-        # A new head starts by predicting nothing (foreground probability ~0.02), as a focal-loss prior.
-        last = self.layers[-1]
-        nn.init.normal_(last.weight, std=0.01)
-        nn.init.constant_(last.bias, 0.0)
-        nn.init.constant_(last.bias[:num_classes], -4.0)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+# What a dense head may read: backbone levels, then the pixel decoder's mask features and memories.
+BACKBONE_INPUTS = ("res2", "res3", "res4", "res5")
+DECODER_INPUTS = ("mask", "mem32", "mem16", "mem8")
+DENSE_INPUTS = BACKBONE_INPUTS + DECODER_INPUTS
+INPUT_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32, "mask": 4, "mem32": 32, "mem16": 16, "mem8": 8}
 
 
 @dataclass
-class DenseSegment:
-    class_index: int  # 0-based within the step
-    mask: np.ndarray  # bool [H, W]
-    score: float  # mean foreground probability over the segment
+class DenseInputs:
+    """The frozen maps a dense head reads, for a batch: `image` is the normalised, padded input
+    [B, 3, Hp, Wp] (what the backbone read); `levels` maps each name of `DENSE_INPUTS` to its map."""
+
+    image: torch.Tensor
+    levels: dict[str, torch.Tensor]
+
+    @staticmethod
+    def of(image: torch.Tensor, backbone: dict, mask_features: torch.Tensor, memories: list) -> "DenseInputs":
+        """From the preprocessed image, the backbone's levels and the pixel decoder's outputs (memories
+        at strides 32, 16, 8)."""
+        levels = {name: backbone[name] for name in BACKBONE_INPUTS}
+        levels |= {"mask": mask_features, "mem32": memories[0], "mem16": memories[1], "mem8": memories[2]}
+        return DenseInputs(image, levels)
+
+    @staticmethod
+    def cat(items: "list[DenseInputs]") -> "DenseInputs":
+        """One batch from inputs of equal size."""
+        return DenseInputs(torch.cat([i.image for i in items]),
+                           {k: torch.cat([i.levels[k] for i in items]) for k in items[0].levels})
+
+    def crop(self, y0: int, x0: int, height: int, width: int) -> "DenseInputs":
+        """The window [y0, y0 + height) x [x0, x0 + width) of the image (multiples of 32: every level
+        is cut at its own stride)."""
+        if any(v % 32 for v in (y0, x0, height, width)):
+            raise ValueError(f"crops are aligned to 32 pixels, got {(y0, x0, height, width)}")
+        levels = {}
+        for k, v in self.levels.items():
+            s = INPUT_STRIDES[k]
+            levels[k] = v[..., y0 // s : (y0 + height) // s, x0 // s : (x0 + width) // s]
+        return DenseInputs(self.image[..., y0 : y0 + height, x0 : x0 + width], levels)
+
+    def channels_last(self) -> "DenseInputs":
+        """The same maps in channels-last memory (the layout a dense head computes in: faster
+        convolutions on CPU)."""
+        return DenseInputs(_channels_last(self.image), {k: _channels_last(v) for k, v in self.levels.items()})
+
+    def float(self) -> "DenseInputs":
+        return DenseInputs(self.image.float(), {k: v.float() for k, v in self.levels.items()})
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.image, *self.levels.values()]
 
 
-def dense_segments(probs: np.ndarray, distances: np.ndarray, is_thing: list[bool], rule: InstanceRule,
-                   held: np.ndarray | None = None, owner: np.ndarray | None = None,
-                   query_masks: np.ndarray | None = None) -> list[DenseSegment]:
-    """Segments from per-class foreground probabilities and distances, both [C, H, W] in 0..1; `held`
-    and `owner` [H, W] say how surely and as what earlier steps hold each pixel (see
-    `InstanceRule.claim`); `query_masks` [Q, H, W] bool are the query masks thing segments may snap to.
-
-    A pixel belongs to its most probable class when that probability exceeds `rule.foreground` and the
-    step may claim it. A stuff class is one segment; a thing class is split into the watershed basins
-    of its distance map, seeded by the connected cores; foreground parts without a core become one
-    instance each.
-    """
-    from skimage.segmentation import watershed
-
-    best = probs.argmax(0)
-    claim = rule.claim(probs, held, owner)
-    out = []
-    for c, thing in enumerate(is_thing):
-        region = (best == c) & (probs[c] > rule.foreground) & claim
-        if not region.any():
-            continue
-        if not thing:
-            labels, n = region.astype(np.int32), 1
-        else:
-            seeds, n_seeds = ndimage.label(region & (distances[c] > rule.core))
-            labels = watershed(-distances[c], seeds, mask=region) if n_seeds else np.zeros(region.shape, np.int32)
-            rest, n_rest = ndimage.label(region & (labels == 0))  # foreground without a core
-            labels = np.where(rest > 0, rest + n_seeds, labels)
-            n = n_seeds + n_rest
-            if rule.snap_iou > 0 and query_masks is not None and len(query_masks):
-                labels, n = snap_to_queries(labels, n, query_masks, rule.snap_iou, claim)
-        areas = np.bincount(labels.ravel(), minlength=n + 1)
-        sums = np.bincount(labels.ravel(), weights=probs[c].ravel(), minlength=n + 1)
-        for k in range(1, n + 1):
-            if areas[k] >= rule.min_area:
-                out.append(DenseSegment(c, labels == k, float(sums[k] / areas[k])))
-    return out
+def dense_input_channels(backbone_channels: dict[str, int], hidden_dim: int) -> dict[str, int]:
+    """Channels of each of `DENSE_INPUTS` for a model with these backbone channels and width."""
+    return {**{n: int(backbone_channels[n]) for n in BACKBONE_INPUTS}, **{n: hidden_dim for n in DECODER_INPUTS}}
 
 
-def snap_to_queries(labels: np.ndarray, n: int, query_masks: np.ndarray, min_iou: float,
-                    allowed: np.ndarray) -> tuple[np.ndarray, int]:
-    """Replaces each segment of `labels` (1..n) by the query mask it overlaps best, where their IoU is
-    at least `min_iou` (inside `allowed`); segments snapping to the same query become one. Returns the
-    new labels (renumbered 1..m) and m."""
-    flat = labels.ravel()
-    areas = np.bincount(flat, minlength=n + 1)[1:]
-    query_area = query_masks.reshape(len(query_masks), -1).sum(1)
-    # Intersections [Q, n] by one bincount per query over its own pixels.
-    inter = np.stack([np.bincount(flat[m.ravel()], minlength=n + 1)[1:] for m in query_masks])
-    iou = inter / np.maximum(query_area[:, None] + areas[None, :] - inter, 1)
-    best, best_iou = iou.argmax(0), iou.max(0)
-    out = np.zeros_like(labels)
-    new_id, by_query = 0, {}
-    for k in np.argsort(-best_iou):  # surest matches first
-        if best_iou[k] >= min_iou:
-            q = int(best[k])
-            if q not in by_query:
-                new_id += 1
-                by_query[q] = new_id
-                out[query_masks[q] & allowed & (out == 0)] = new_id
-        else:
-            new_id += 1
-            out[(labels == k + 1) & (out == 0)] = new_id
-    return out, new_id
+def _conv3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
 
 
-def dense_maps(logits: torch.Tensor, padded_size, image_size, output_size) -> tuple[np.ndarray, np.ndarray]:
-    """Logits [2C, h, w] at stride 4 of the padded input -> (probabilities, distances), [C, H, W] numpy
-    at `output_size` (resized like the query masks: to the padded size, cropped, then to the output)."""
-    x = F.interpolate(logits[None].float(), size=tuple(padded_size), mode="bilinear", align_corners=False)
-    x = x[:, :, : image_size[0], : image_size[1]]
-    if tuple(output_size) != tuple(image_size):
-        x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False)
-    x = x[0].sigmoid().cpu().numpy()
-    c = x.shape[0] // 2
-    return x[:c], x[c:]
+class DenseHead(nn.Module):
+    """DenseInputs -> logits [B, 2C, Hp, Wp] at the image's resolution: C foreground channels, then C
+    distance channels (a sigmoid gives the normalised distance; unused for stuff classes).
+
+    `inputs`: which of `DENSE_INPUTS` it reads (with their channels); `hidden`: channels at stride 4;
+    `fine`: channels at full resolution. `forward_both` also gives the stride-4 logits the full-resolution
+    path starts from (trained too, so the context part learns on its own)."""
+
+    output_stride = 1
+
+    def __init__(self, inputs: dict[str, int], num_classes: int, hidden: int = 32, fine: int = 8):
+        super().__init__()
+        unknown = sorted(set(inputs) - set(DENSE_INPUTS))
+        if unknown or not inputs:
+            raise ValueError(f"a dense head reads some of {list(DENSE_INPUTS)}, got {list(inputs)}")
+        self.inputs = {k: int(inputs[k]) for k in DENSE_INPUTS if k in inputs}
+        self.num_classes, self.hidden, self.fine = num_classes, hidden, fine
+        self.project = nn.ModuleDict({k: nn.Conv2d(c, hidden, 1) for k, c in self.inputs.items()})
+        self.context = nn.Sequential(_conv3(hidden, hidden), nn.ReLU(), _conv3(hidden, hidden), nn.ReLU())
+        self.coarse = nn.Conv2d(hidden, 2 * num_classes, 1)
+        self.reduce = nn.Conv2d(hidden, fine, 1)
+        self.refine = nn.Sequential(
+            _conv3(fine + 3 + 2 * num_classes, fine), nn.ReLU(),
+            _conv3(fine, fine), nn.ReLU(),
+            nn.Conv2d(fine, 2 * num_classes, 1),
+        )  # fmt: skip
+        # A new head starts by predicting nothing (foreground probability ~0.02), as a focal-loss prior,
+        # and its full-resolution path starts as the identity on the upsampled stride-4 logits.
+        nn.init.normal_(self.coarse.weight, std=0.01)
+        nn.init.constant_(self.coarse.bias, 0.0)
+        nn.init.constant_(self.coarse.bias[:num_classes], -4.0)
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def forward_both(self, x: DenseInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at the image's resolution, logits at stride 4). Computed in channels-last memory
+        (about 1.5x faster on CPU); callers may pass it so already (`DenseInputs.channels_last`)."""
+        x = x.channels_last()
+        size = (x.image.shape[-2] // 4, x.image.shape[-1] // 4)
+        f = sum(_resize(self.project[k](x.levels[k]), size) for k in self.inputs)
+        f = self.context(F.relu(f))
+        coarse = self.coarse(f)
+        full = tuple(x.image.shape[-2:])
+        up = _resize(coarse, full)
+        fine = up + self.refine(torch.cat([_resize(self.reduce(f), full), x.image, up], 1))
+        return fine, coarse
+
+    def forward(self, x: DenseInputs) -> torch.Tensor:
+        return self.forward_both(x)[0]
+
+    def layout(self) -> dict:
+        """What rebuilds this head (a step file's metadata)."""
+        return {"version": 2, "inputs": self.inputs, "hidden": self.hidden, "fine": self.fine}
+
+
+class StrideFourHead(nn.Module):
+    """Version 1's dense head (step files written before the full-resolution head): the stride-4 mask
+    features and the stride-8 memory -> logits [B, 2C, Hp/4, Wp/4]. Loaded and used for prediction only."""
+
+    output_stride = 4
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = 48):
+        super().__init__()
+        self.num_classes, self.hidden = num_classes, hidden
+        self.layers = nn.Sequential(
+            nn.Conv2d(2 * dim, hidden, 1), nn.ReLU(),
+            _conv3(hidden, hidden), nn.ReLU(),
+            _conv3(hidden, hidden), nn.ReLU(),
+            nn.Conv2d(hidden, 2 * num_classes, 1),
+        )  # fmt: skip
+
+    def forward(self, x: DenseInputs) -> torch.Tensor:
+        mask = x.levels["mask"]
+        return self.layers(torch.cat([mask, _resize(x.levels["mem8"], mask.shape[-2:])], 1))
+
+    def layout(self) -> dict:
+        return {"hidden": self.hidden}
+
+
+def build_dense_head(layout: dict, num_classes: int, input_channels: dict[str, int], dim: int) -> nn.Module:
+    """The head a step file's layout describes (version 1 files carry only "hidden")."""
+    if int(layout.get("version", 1)) == 1:
+        return StrideFourHead(dim, num_classes, int(layout["hidden"]))
+    inputs = {k: int(v) for k, v in layout["inputs"].items()}
+    wrong = {k: (v, input_channels.get(k)) for k, v in inputs.items() if input_channels.get(k) != v}
+    if wrong:
+        raise ValueError(f"the step's head reads inputs this model does not have (name: (step, model)): {wrong}")
+    return DenseHead(inputs, num_classes, int(layout["hidden"]), int(layout["fine"]))
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -10,7 +10,8 @@ from torch import nn
 from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
 from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
-from .dense_head import InstanceRule, dense_input, dense_maps, dense_segments
+from .dense_head import DENSE_INPUTS, DenseHead, DenseInputs, dense_input_channels
+from .dense_segments import InstanceRule, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
 from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits, semantic_inference
 from .query_groups import DenseGroup, QueryGroup
@@ -30,7 +31,8 @@ class RawPrediction:
     mask_logits: torch.Tensor  # [B, Q, Hp/4, Wp/4] at stride 4 of the padded input
     padded_size: tuple[int, int]
     image_size: tuple[int, int]
-    dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/4, Wp/4]
+    dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/s, Wp/s]
+    dense_strides: list[int] = field(default_factory=list)  # s of each dense step's logits
 
 
 @dataclass
@@ -41,10 +43,14 @@ class Encoded:
     memories: list[torch.Tensor]  # [B, D, h, w] at strides 32, 16, 8
     padded_size: tuple[int, int]
     image_size: tuple[int, int]
+    dense: DenseInputs | None = None  # what dense heads read (kept only where the model has dense steps)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [self.mask_features, *self.memories])
+        tensors = [self.mask_features, *self.memories]
+        if self.dense is not None:
+            tensors += [self.dense.image] + [self.dense.levels[k] for k in ("res2", "res3", "res4", "res5")]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class EclipseModel(nn.Module):
@@ -133,16 +139,28 @@ class EclipseModel(nn.Module):
         return group
 
     @torch.no_grad()
-    def add_dense_step(self, class_names, is_thing, colors=None, hidden: int = 64,
-                       rule: InstanceRule | None = None) -> DenseGroup:
-        """Adds a dense step (a per-pixel head on the frozen mask features, no queries) and freezes
-        everything else; earlier steps' outputs stay bit-identical and no deltas change."""
+    def add_dense_step(self, class_names, is_thing, colors=None, hidden: int = 32, fine: int = 8,
+                       inputs=DENSE_INPUTS, rule: InstanceRule | None = None) -> DenseGroup:
+        """Adds a dense step (a per-pixel head on the frozen features and the image, see `dense_head`;
+        no queries) and freezes everything else; earlier steps' outputs stay bit-identical and no
+        deltas change. `inputs`: which frozen maps the head reads."""
         classes = self._new_classes(class_names, is_thing, colors)
-        group = DenseGroup(self.config.hidden_dim, classes, hidden, rule).to(self.pixel_mean.device)
+        channels = self.dense_input_channels
+        head = DenseHead({k: channels[k] for k in inputs}, len(classes), hidden, fine)
+        group = DenseGroup(classes, head, rule).to(self.pixel_mean.device)
         group.previous_deltas = self.deltas
         self.decoder.groups.append(group)
         self.freeze_for_training()
         return group
+
+    @property
+    def dense_input_channels(self) -> dict[str, int]:
+        """Channels of every map a dense head may read (`dense_head.DENSE_INPUTS`)."""
+        return dense_input_channels(self.backbone.channels, self.config.hidden_dim)
+
+    @property
+    def has_dense_steps(self) -> bool:
+        return any(g.num_queries == 0 for g in self.groups)
 
     def _new_classes(self, class_names, is_thing, colors) -> list[ClassSpec]:
         known = {c.name for c in self.classes}
@@ -212,6 +230,12 @@ class EclipseModel(nn.Module):
         """The frozen-at-step-t part: backbone and pixel decoder -> (mask_features, memories)."""
         return self.pixel_decoder(self.backbone(x))
 
+    def encode_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], DenseInputs]:
+        """`encode`, with what dense heads read besides (the backbone's levels and the image)."""
+        features = self.backbone(x)
+        mask_features, memories = self.pixel_decoder(features)
+        return mask_features, memories, DenseInputs.of(x, features, mask_features, memories)
+
     def decode(self, mask_features, memories, group_ids=None, record_attention=False,
                prepared: DecoderMemory | None = None) -> DecoderOutput:
         return self.decoder(memories, mask_features, group_ids, record_attention, prepared)
@@ -220,21 +244,25 @@ class EclipseModel(nn.Module):
         """Every group's predictions for a batch of images (uint8 or float 0..255, [B,3,H,W])."""
         return self.infer_encoded(self.encode_images(images))
 
-    def encode_images(self, images: torch.Tensor) -> "Encoded":
-        """The frozen features of a batch of images, kept to decode them again (after a step is trained)."""
+    def encode_images(self, images: torch.Tensor, dense: bool | None = None) -> "Encoded":
+        """The frozen features of a batch of images, kept to decode them again (after a step is trained).
+        `dense`: with what dense heads read (default: when the model has a dense step)."""
         x, image_size = self.preprocess(images)
-        mask_features, memories = self.encode(x)
-        return Encoded(mask_features, memories, tuple(x.shape[-2:]), image_size)
+        if not (self.has_dense_steps if dense is None else dense):
+            return Encoded(*self.encode(x), tuple(x.shape[-2:]), image_size)
+        mask_features, memories, dense = self.encode_dense(x)
+        return Encoded(mask_features, memories, tuple(x.shape[-2:]), image_size, dense)
 
     def infer_encoded(self, encoded: "Encoded") -> RawPrediction:
         """`infer` from features `encode_images` made: only the decoder and the heads run."""
         mask_features, memories = encoded.mask_features, encoded.memories
         out = self.decode(mask_features, memories)
         dense_groups = [g for g in self.groups if g.num_queries == 0]
-        features = dense_input(mask_features, memories) if dense_groups else None
-        dense = [g.head(features) for g in dense_groups]
+        if dense_groups and encoded.dense is None:
+            raise ValueError("these features were encoded before the model had a dense step: encode them again")
+        dense = [g.head(encoded.dense) for g in dense_groups]
         return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), encoded.padded_size,
-                             encoded.image_size, dense)
+                             encoded.image_size, dense, [g.head.output_stride for g in dense_groups])
 
     def merge(
         self,
@@ -260,8 +288,8 @@ class EclipseModel(nn.Module):
         dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
         # The query masks dense segments may snap to: the same for every dense step, so made once.
         query_masks = (masks > 0).cpu().numpy() if any(g.rule.snap_iou > 0 for _, g in dense_groups) else None
-        for (t, g), dense in zip(dense_groups, raw.dense_logits):
-            probs, distances = dense_maps(dense[index], raw.padded_size, raw.image_size, size)
+        for (t, g), dense, stride in zip(dense_groups, raw.dense_logits, raw.dense_strides):
+            probs, distances = dense_maps(dense[index], stride, raw.padded_size, raw.image_size, size)
             held, owner = result.confidence.cpu().numpy(), result.semantic.cpu().numpy()
             segments = dense_segments(probs, distances, [c.is_thing for c in g.classes], g.rule, held, owner,
                                       query_masks)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .classes import ClassSpec
-from .dense_head import DenseHead, InstanceRule
+from .dense_segments import InstanceRule
 from .transformer_layers import MLP
 
 
@@ -44,6 +44,8 @@ class QueryGroup(nn.Module):
     def num_queries(self) -> int:
         return self.content.shape[0]
 
+    learner = "prompts"  # how a step of this kind is learned (`LearnConfig.learner`)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -53,17 +55,18 @@ class QueryGroup(nn.Module):
 
 
 class DenseGroup(nn.Module):
-    """A continual step without queries: its classes are found per pixel by a `DenseHead` on the frozen
-    mask features (see `dense_head`). It takes part in the decoder only as class columns that never win
+    """A continual step without queries: its classes are found per pixel by a dense head on the frozen
+    features (see `dense_head`). It takes part in the decoder only as class columns that never win
     (so class ids stay the learning order), owns no no-object head, and its delta has no effect."""
 
     num_queries = 0
     no_object_head = None
+    learner = "dense"
 
-    def __init__(self, dim: int, classes: list[ClassSpec], hidden: int = 64, rule: InstanceRule | None = None):
+    def __init__(self, classes: list[ClassSpec], head: nn.Module, rule: InstanceRule | None = None):
         super().__init__()
         self.classes = list(classes)
-        self.head = DenseHead(dim, len(classes), hidden)
+        self.head = head
         self.rule = rule or InstanceRule()
         self.register_buffer("delta", torch.tensor(0.0))
         self.previous_deltas: list[float] | None = None

@@ -42,10 +42,13 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, distance: torch.Tenso
     """Binary cross-entropy of each class's foreground (positives and negatives balanced) and, for things,
     of the distance channel, on known pixels.
 
-    logits [B, 2C, h, w] at stride 4; labels, distance [B, H, W] with H = 4h, W = 4w.
+    logits [B, 2C, h, w] at the labels' resolution or a fraction of it (then resized to it); labels,
+    distance [B, H, W].
     """
     c = len(is_thing)
-    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    up = logits.float()
+    if tuple(up.shape[-2:]) != tuple(labels.shape[-2:]):
+        up = F.interpolate(up, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     known = labels != UNKNOWN
     if not known.any():
         zero = up.sum() * 0.0  # keeps the graph: nothing to learn from this batch

@@ -24,12 +24,17 @@ import torch.distributed as dist
 from ..io.atomic import atomic_write
 from ..io.tensor_files import CheckpointError, load_torch_weights_only
 from ..network.decoder import DecoderMemory
-from ..network.dense_head import dense_input
+from ..network.dense_head import DenseInputs
 from ..network.eclipse import EclipseModel
 from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
 from .dense import dense_loss, dense_targets
 from .feature_cache import FeatureCache, features_nbytes
 from .progress import Progress, RunState
+
+
+# Weight of a dense head's stride-4 loss beside its full-resolution one: the context part learns on its
+# own too, which the full-resolution path then refines.
+DENSE_COARSE_WEIGHT = 0.5
 
 
 class TrainingSet(Protocol):
@@ -55,6 +60,9 @@ class TrainConfig:
     augment_variants: int = 8  # augmentations per image; (image, variant) pairs are what the cache keys on
     cache_mb: int = 1024  # frozen-feature cache budget at steps t >= 1 (0 disables it)
     checkpoint_every: int = 0  # iterations between resumable states (0: only at the end)
+    # Dense steps: each sample trains on a random window of this side (a multiple of 32; 0 = whole): the
+    # head's full-resolution path costs in proportion to the pixels.
+    dense_crop: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -209,37 +217,55 @@ class Trainer:
         return parts
 
     def _dense_batch_loss(self, plan, iteration: int) -> dict:
-        """A dense step's loss: its head on the frozen mask features and per-pixel targets, both kept
-        per (image, augmentation variant), so a repeated variant costs no augmentation either."""
+        """A dense step's loss: its head on the frozen inputs (features and image) and per-pixel targets,
+        both kept per (image, augmentation variant), so a repeated variant costs no augmentation either.
+        The loss of the head's stride-4 logits is added with weight `DENSE_COARSE_WEIGHT`."""
         group = self.model.groups[-1]
         class_ids = self.model.class_ids(self.model.num_steps)
         is_thing = [c.is_thing for c in group.classes]
         by_size: dict[tuple, list] = {}
-        for index, variant in plan:
+        for k, (index, variant) in enumerate(plan):
             def compute(index=index, variant=variant):
                 img, target = self.data.sample(index, _augmentation_seed(self.config, index, variant, iteration))
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad():
                     x, _ = self.model.preprocess(img[None].to(self.device))
-                    features = dense_input(*self.model.encode(x)).float()
-                size = (features.shape[-2] * 4, features.shape[-1] * 4)
-                return features, list(dense_targets(target, class_ids, size))
+                    inputs = self.model.encode_dense(x)[2]
+                return inputs, list(dense_targets(target, class_ids, tuple(x.shape[-2:])))
 
             entry = self.cache.get((index, variant), compute) if self.config.augment_variants > 0 else compute()
+            entry = self._dense_window(entry, iteration, k)
             by_size.setdefault(tuple(entry[1][0].shape), []).append(entry)
         parts: dict = {}
         for items in by_size.values():
-            with self._autocast():
-                logits = group.head(torch.cat([f for f, _ in items]))
+            fine, coarse = group.head.forward_both(DenseInputs.cat([f for f, _ in items]))
             labels = torch.stack([t[0] for _, t in items]).to(self.device)
             distance = torch.stack([t[1] for _, t in items]).to(self.device)
-            losses = dense_loss(logits, labels, distance, is_thing)
+            losses = dense_loss(fine, labels, distance, is_thing)
+            coarse_losses = dense_loss(coarse, labels, distance, is_thing)
+            losses["loss"] = losses["loss"] + DENSE_COARSE_WEIGHT * coarse_losses["loss"]
             for k, v in losses.items():
                 parts[k] = parts.get(k, 0.0) + v * (len(items) / len(plan))
         return parts
 
+    def _dense_window(self, entry, iteration: int, k: int):
+        """Sample `k` of an iteration cut to a random `dense_crop` window (aligned to 32 pixels), drawn
+        from (seed, iteration, k); the whole sample where it is not larger than the window."""
+        inputs, (labels, distance) = entry
+        side = self.config.dense_crop
+        h, w = labels.shape  # the padded size: multiples of 32
+        if not side or (h <= side and w <= side):
+            return entry
+        rng = np.random.default_rng([self.config.seed, 17, iteration, k])
+        height, width = min(side, h), min(side, w)
+        y0 = 32 * int(rng.integers(0, (h - height) // 32 + 1))
+        x0 = 32 * int(rng.integers(0, (w - width) // 32 + 1))
+        window = (slice(y0, y0 + height), slice(x0, x0 + width))
+        return inputs.crop(y0, x0, height, width), [labels[window], distance[window]]
+
     def step(self) -> float:
         """One optimisation step; raises NonFiniteLossError without touching the weights."""
-        self.model.train()
+        if not self.model.training:  # (walking every module each step costs ~5 ms)
+            self.model.train()
         loss = self.batch_loss(self.iteration)["loss"]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at iteration {self.iteration}")

@@ -1,0 +1,76 @@
+"""Dense steps' post-processing: which pixels a step may claim, instance splitting, snapping to queries."""
+
+import numpy as np
+import pytest
+
+from model.network.dense_segments import InstanceRule, dense_segments, snap_to_queries
+
+# Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
+pytestmark = pytest.mark.exact
+
+
+def disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def maps(shape, objects):
+    """Foreground probability 0.99 on the objects, distance 1 at their centres falling to 0 at the edge."""
+    probs = np.zeros((1, *shape))
+    dist = np.zeros((1, *shape))
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for cy, cx, r in objects:
+        m = disc(shape, cy, cx, r)
+        probs[0][m] = 0.99
+        dist[0][m] = np.maximum(dist[0][m], 1 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)[m] / r)
+    return probs, dist
+
+
+def test_touching_instances_split_and_small_ones_dropped():
+    probs, dist = maps((64, 64), [(20, 20, 10), (20, 39, 10), (50, 50, 2)])
+    segs = dense_segments(probs, dist, [True], InstanceRule(min_area=30))
+    assert len(segs) == 2 and all(200 < s.mask.sum() < 400 for s in segs)
+
+
+def test_claim_foreign_ceiling_spares_what_another_class_holds_not_look_alikes():
+    probs, dist = maps((40, 80), [(20, 20, 8), (20, 60, 8)])
+    held = np.zeros((40, 80))
+    owner = np.zeros((40, 80), np.int64)
+    held[disc((40, 80), 20, 20, 8)], owner[disc((40, 80), 20, 20, 8)] = 0.7, 3  # a look-alike holds the left
+    held[disc((40, 80), 20, 60, 8)], owner[disc((40, 80), 20, 60, 8)] = 0.7, 5  # another class the right
+    old = dense_segments(probs, dist, [True], InstanceRule(), held, owner)  # files before the ceiling
+    assert len(old) == 2
+    rule = InstanceRule(look_alikes=(3,), foreign_ceiling=0.5)
+    segs = dense_segments(probs, dist, [True], rule, held, owner)
+    assert len(segs) == 1 and segs[0].mask[20, 20] and not segs[0].mask[20, 60]
+    held[:] = np.where(held > 0, 0.3, 0)  # held weakly: both may be taken
+    assert len(dense_segments(probs, dist, [True], rule, held, owner)) == 2
+
+
+def test_snapping_takes_the_query_mask_and_joins_fragments_of_one_query():
+    shape = (48, 48)
+    labels = np.zeros(shape, np.int32)
+    labels[10:20, 10:30] = 1  # two fragments of one object
+    labels[20:30, 10:30] = 2
+    labels[40:46, 40:46] = 3  # no query matches this one
+    query = np.zeros((2, *shape), bool)
+    query[0, 9:31, 9:31] = True  # the object, slightly larger than the head's pixels
+    query[1, 0:5, 0:5] = True
+    out, n = snap_to_queries(labels, 3, query, 0.4, np.ones(shape, bool))
+    assert n == 2
+    ids = set(np.unique(out)) - {0}
+    assert len(ids) == 2
+    assert (out[query[0]] == out[15, 15]).all() and out[15, 15] == out[25, 15]
+    assert (out[40:46, 40:46] > 0).all() and out[2, 2] == 0
+    blocked = np.ones(shape, bool)
+    blocked[9, :] = False  # the query mask is cut where the step may not claim
+    out, _ = snap_to_queries(labels, 3, query, 0.4, blocked)
+    assert not (out[9] > 0).any()
+
+
+def test_rule_round_trips_and_old_files_keep_their_behaviour():
+    rule = InstanceRule(min_area=12.0, look_alikes=(2, 7), foreign_ceiling=0.5, snap_iou=0.5)
+    assert InstanceRule.from_json(rule.to_json()) == rule
+    old = {"foreground": 0.5, "core": 0.5, "min_area": 9.0, "override_margin": 0.1}  # before look-alikes
+    loaded = InstanceRule.from_json(old)
+    assert loaded.look_alikes == () and loaded.foreign_ceiling == 1.0 and loaded.snap_iou == 0.0
