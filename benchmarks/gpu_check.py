@@ -121,7 +121,7 @@ def time_learn(s: dict) -> dict:
         instances[size // 8 + k : size // 2, size // 8 : size // 2] = 1
         instances[size // 2 + 4 :, size // 2 + 4 - k :] = 2
         image[instances > 0] = (230, 180, 30)
-        examples.append(Example(image, instances))
+        examples.append(Example(image, instances, complete=True))
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

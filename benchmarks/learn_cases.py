@@ -124,9 +124,12 @@ def scene_case(name: str, split: str, painted: int = 3, evaluated: int = 40, unr
                 "10 unpainted scenes open beside them")
 
 
-def _few(instances: np.ndarray, count: int) -> np.ndarray:
-    """The first `count` instances (by label) of an instance map, the others unpainted."""
-    keep = np.unique(instances)[1 : count + 1]
+def _few(instances: np.ndarray, count: int, spread: bool = False) -> np.ndarray:
+    """`count` instances of an instance map, the others unpainted: the first ones by label, or (`spread`)
+    labels evenly spaced over all of them (labels run in raster order, so these lie apart, as a user
+    paints a few examples across an image)."""
+    ids = np.unique(instances)[1:]
+    keep = ids[np.linspace(0, len(ids) - 1, count).round().astype(int)] if spread else ids[:count]
     return np.where(np.isin(instances, keep), instances, 0)
 
 
@@ -197,7 +200,7 @@ def ihc_cases(split: str, unrelated: list[np.ndarray]) -> list[Case]:
     left = (image[:, :c], nuclei[:, :c], gland[:, :c])
     right = (image[:, c:], nuclei[:, c:], gland[:, c:])
     (painted_image, n, g), (held_image, hn, hg) = (left, right) if split == "heldout" else (right, left)
-    few_nuclei = _few(n, 6)
+    few_nuclei = _few(n, 6, spread=True)
     few_gland = _gland_patch(g)
     strokes = background_strokes(np.maximum(n, g), count=6, seed=5)
     side = "left" if split == "heldout" else "right"
@@ -213,7 +216,7 @@ def _gland_patch(gland: np.ndarray, radius: int = 24) -> np.ndarray:
     epithelium is deepest."""
     from scipy import ndimage
 
-    depth = ndimage.distance_transform_edt(gland > 0)
+    depth = ndimage.distance_transform_edt(np.pad(gland > 0, 1))[1:-1, 1:-1]  # the image's edge bounds it too
     cy, cx = np.unravel_index(np.argmax(depth), depth.shape)
     yy, xx = np.mgrid[: gland.shape[0], : gland.shape[1]]
     return (((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) & (gland > 0)).astype(np.int32)

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     if class_id <= num_base:
         raise SystemExit(f"{args.class_name!r} is already a class of the shipped model")
     scenes = scenes_with(class_id, TRAIN_SEED, args.images)
-    examples = [Example(img, instances_of(ids, segs, class_id)) for img, ids, segs in scenes]
+    examples = [Example(img, instances_of(ids, segs, class_id), complete=True) for img, ids, segs in scenes]
     val = val_images(class_id, new_id, num_base, args.val_images)
     log(f"teaching {args.class_name!r} from {len(examples)} images "
         f"({sum(int(e.instances.max()) for e in examples)} instances); {len(val)} held-out scenes")

@@ -2,8 +2,9 @@
 
     xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python scripts/make_screenshots.py [--out docs/images]
 
-Paints the sample scenes' sand regions as a user would (from the generated ground truth), learns them with the
-widget's default settings, and saves one PNG of the whole window per stage.
+Paints the sample scenes' sand regions as a user would (from the generated ground truth), marks each scene as
+painted completely, learns them with the widget's default settings, and saves one PNG of the whole window
+per stage.
 """
 
 import argparse
@@ -82,6 +83,7 @@ def main() -> int:
         widget.image_choice.setCurrentText(f"scene {n}")
         layer = widget.add_annotation_layer()
         layer.data = class_instances(n, SAMPLE_NEW_CLASS)
+        widget.complete.click()  # all of the scene's sand is painted: the rest is "not sand"
     widget.flush_annotations()
     show_only("scene 1", f"{SAMPLE_NEW_CLASS} on scene 1")
     shot("2-teach")

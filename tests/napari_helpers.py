@@ -36,10 +36,14 @@ def predict(widget, qtbot, layer_name):
     return widget.viewer.layers[f"{layer_name} panoptic"], widget.viewer.layers[f"{layer_name} semantic"]
 
 
-def annotate(widget, layer_name, instances):
-    """Selects `layer_name`, adds the annotation layer for the class typed in the widget, and paints."""
+def annotate(widget, layer_name, instances, complete=False):
+    """Selects `layer_name`, adds the annotation layer for the class typed in the widget, and paints;
+    `complete`: ticks "every instance on this image is painted" as a user would."""
     widget.image_choice.setCurrentText(layer_name)
     layer = widget.add_annotation_layer()
     layer.data = instances
+    if complete and not widget.complete.isChecked():
+        widget.complete.click()
+        assert widget.complete.isChecked(), widget.last_message
     widget.flush_annotations()
     return layer

@@ -78,6 +78,34 @@ def test_bench_over_several_seeds_writes_each_and_the_spread(data_root, tmp_path
     assert "meets the 95% line" in format_summary(summary)
 
 
+def test_bench_learns_the_classes_in_another_order(data_root, tmp_path, capsys):
+    """--class-order descending: the classes in more training images come first (so the base classes
+    change), a base is trained on them, and the results say which order ran; without --train-base the
+    order is refused before anything trains."""
+    from model.data.coco_panoptic import PanopticDataset  # noqa: F401 (the reader the bench uses)
+    from model.data.scenarios import get_scenario, reorder_classes
+
+    out = tmp_path / "descending"
+    assert main(["--data-root", str(data_root), "--class-order", "descending", "--out", str(out), *TINY]) == 1
+    assert "add --train-base" in capsys.readouterr().err and not out.exists()
+    assert main(["--data-root", str(data_root), "--class-order", "descending", "--train-base", "--out", str(out),
+                 "--methods", "eclipse", *TINY]) == 0
+    data = json.loads((out / "results.json").read_text())
+    given = get_scenario("scenes-16-8")
+    assert data["scenario"] == "scenes-16-8-descending" and sorted(data["class_order"]) == sorted(given.class_order)
+    assert data["class_order"] != list(given.class_order)
+    base = load_model(out / "base")
+    assert len(base.classes) == 16
+    # The order is the training images' class frequency, descending; random orders follow their seed.
+    annotations = {i: [{"category_id": 3}, {"category_id": 5}] for i in range(3)} | {9: [{"category_id": 5}]}
+    reordered = reorder_classes(given, "descending", annotations)
+    assert reordered.class_order[:2] == (5, 3) and reordered.class_order[2:] == tuple(
+        c for c in given.class_order if c not in (3, 5))
+    assert reorder_classes(given, "random", {}, 1).class_order == reorder_classes(given, "random", {}, 1).class_order
+    assert reorder_classes(given, "random", {}, 1).class_order != reorder_classes(given, "random", {}, 2).class_order
+    assert reorder_classes(given, "given", {}) is given
+
+
 def test_bench_refuses_bad_requests(data_root, tmp_path, capsys):
     assert main(["--scenario", "nope-1-2"]) == 1
     assert "unknown scenario" in capsys.readouterr().err

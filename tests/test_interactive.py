@@ -142,7 +142,8 @@ def test_partial_painting_teaches_only_what_it_says(model):
     strokes = np.zeros(instances.shape, bool)
     strokes[::16, :] = strokes[:, ::16] = True  # grid lines between the squares
     strokes &= instances == 0
-    config = replace(DENSE, iterations=300)
+    # The tiny random model's maps say little about squares: the full-resolution path reads the pixels.
+    config = replace(DENSE, iterations=300, dense_fine=8)
     found = {}
     for name, example in (("strokes", Example(image, few, strokes)), ("nothing", Example(image, few)),
                           ("complete", Example(image, few, complete=True))):
@@ -150,7 +151,7 @@ def test_partial_painting_teaches_only_what_it_says(model):
         learner.load_state_dict(model.state_dict())
         result = learn_class(learner, "blob", True, [example], config)
         found[name] = len(_found(learner, _blobs(1)[0], result.class_id))
-    assert found["strokes"] >= 8 and found["nothing"] >= 8, found
+    assert found["strokes"] >= 8 and found["nothing"] >= 8, found  # of 25
     assert min(found["strokes"], found["nothing"]) >= 2 * max(found["complete"], 1), found
 
 
@@ -396,7 +397,7 @@ def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
     group = model.groups[-1]
     head = group.head
     with torch.no_grad():  # a step that finds nothing: everything kept
-        for conv in (head.coarse, head.refine[-1]):
+        for conv in [head.coarse] + ([head.refine[-1]] if head.refine is not None else []):
             conv.weight.zero_()
             conv.bias.zero_()
         head.coarse.bias[: group.num_classes] = -40.0

@@ -110,7 +110,7 @@ def test_peers_and_their_postprocessing_fixed_before_held_out_images_are_scored(
     used.clear()
     heldout = learn_quality.run_peer(case, "filter forest", None, "watershed")
     assert used == ["watershed"] and heldout["postprocessing"] == "watershed" and "both" not in heldout
-    with pytest.raises(SystemExit, match="tuning split first"):
+    with pytest.raises(SystemExit, match="--split tuning` first"):
         learn_quality.peer_choices("heldout", tmp_path / "missing.json")
     assert learn_quality.peer_choices("tuning", tmp_path / "missing.json") == {}
     shipped = learn_quality.peer_choices("heldout")  # the committed choice covers every real case and peer

@@ -186,14 +186,46 @@ def test_class_weight_scales_class_term():
     assert b.item() == pytest.approx(5 * a.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("bad", [0, K + 1])
+@pytest.mark.parametrize("bad", [-1, K + 1])
 def test_invalid_labels_raise(bad):
     targets = [{"labels": torch.tensor([1, bad]), "masks": torch.zeros(2, 8, 8, dtype=torch.bool)}]
     preds = [{"logits": torch.randn(1, 3, K + 1), "mask_logits": torch.randn(1, 3, 8, 8)}]
     with pytest.raises(ValueError, match="1-based"):
         make_criterion(num_points=16)(preds, targets)
-    with pytest.raises(ValueError, match="1-based"):
-        HungarianMatcher(num_points=16)(preds[0]["logits"], preds[0]["mask_logits"], targets)
+    zero = [{"labels": torch.tensor([1, 0]), "masks": torch.zeros(2, 8, 8, dtype=torch.bool)}]
+    with pytest.raises(ValueError, match="1-based"):  # the matcher sees objects only
+        HungarianMatcher(num_points=16)(preds[0]["logits"], preds[0]["mask_logits"], zero)
+
+
+def test_known_background_makes_the_rest_unknown_to_the_losses():
+    """A mask labelled 0 is what the painting says is background: with one, pixels outside every mask
+    are unknown; points there give no mask loss, and an unmatched query lying on them no class loss.
+    Without one, the losses are exactly as before (everything known)."""
+    torch.manual_seed(0)
+    obj = torch.zeros(1, 32, 32, dtype=torch.bool)
+    obj[0, 4:12, 4:12] = True
+    background = torch.zeros(1, 32, 32, dtype=torch.bool)
+    background[0, :, 20:] = True  # known background: the right third; the middle is unknown
+    preds = [{"logits": torch.randn(1, 3, K + 1), "mask_logits": torch.randn(1, 3, 8, 8)}]
+    plain = [{"labels": torch.tensor([1]), "masks": obj}]
+    painted = [{"labels": torch.tensor([1, 0]), "masks": torch.cat([obj, background])}]
+    everything = [{"labels": torch.tensor([1, 0]), "masks": torch.cat([obj, ~obj])}]  # complete: nothing unknown
+    crit = make_criterion(num_points=64)
+    losses = {name: crit(preds, t, generator=torch.Generator().manual_seed(1)) for name, t in
+              (("plain", plain), ("painted", painted), ("everything", everything))}
+    for k in ("loss_class_0", "loss_mask_0", "loss_dice_0"):
+        assert torch.equal(losses["plain"][k], losses["everything"][k]), k
+    assert not torch.equal(losses["plain"]["loss_mask_0"], losses["painted"]["loss_mask_0"])
+    # A query whose mask lies on the unknown middle is not taught "no object" there.
+    from model.training.losses import split_background, unmatched_on_unknown
+
+    on_unknown = torch.full((1, 3, 8, 8), -10.0)
+    on_unknown[0, 2, :, 2:4] = 10.0  # query 2 covers columns 8..15: unknown pixels only
+    on_unknown[0, 1, :, 6:8] = 10.0  # query 1 covers the known background
+    _, known = split_background(painted)
+    ignored = unmatched_on_unknown(on_unknown, [(torch.tensor([0]), torch.tensor([0]))], known)
+    assert ignored.tolist() == [[False, False, True]]
+    assert unmatched_on_unknown(on_unknown, [(torch.tensor([0]), torch.tensor([0]))], [None]) is None
 
 
 def test_wrong_logit_width_raises():

@@ -25,7 +25,7 @@ def _teach(widget, qtbot, scenes=(1, 2, 3)):
     widget.class_name.setText(NEW)
     widget.class_kind.setCurrentText("stuff")
     for n in scenes:
-        annotate(widget, f"scene {n}", class_instances(n, NEW))
+        annotate(widget, f"scene {n}", class_instances(n, NEW), complete=True)  # all the sand there
 
 
 def test_predict_teach_learn_end_to_end(make_napari_viewer, qtbot, tmp_path):

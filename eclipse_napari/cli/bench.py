@@ -35,6 +35,7 @@ from .bench_setup import (
 from .progress import progress_bar
 
 METHODS = ("eclipse", "finetune", "joint")  # as model.benchmark.METHODS (not imported: it loads torch)
+CLASS_ORDERS = ("given", "random", "descending")  # as model.data.scenarios.CLASS_ORDERS
 
 
 def delta_choice(text: str):
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="learn only the first N continual steps (a quick check of a long scenario)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--class-order", choices=CLASS_ORDERS, default="given",
+                   help="learn the classes in the published order, a random one (from --seed; with --seeds, one "
+                        "per seed) or by descending frequency in the training set (SimCIS's robustness test). "
+                        "Another order has other base classes: it needs --train-base")
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="iterations per step (default: the scenario's)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: the scenario's")
@@ -177,6 +182,15 @@ def _run(args, scenario, device, rank, world, log, seed: int, out: Path) -> tupl
         elif root is None:
             raise ValueError(f"{scenario.name} needs --data-root (the {scenario.dataset} dataset in COCO-panoptic format)")
         train_set, val_set = open_datasets(scenario, root, args.eval_split)
+        if args.class_order != "given":
+            from model.data.scenarios import reorder_classes
+
+            if not args.train_base:
+                raise ValueError(f"--class-order {args.class_order} learns other base classes: add --train-base "
+                                 "(a base model trained on them)")
+            scenario = reorder_classes(scenario, args.class_order, {i: train_set.annotation(i)
+                                                                    for i in train_set.image_ids}, seed)
+            log(f"class order ({args.class_order}): {list(scenario.class_order)}")
         if args.eval_only is not None:
             return _eval_only(args, scenario, train_set, val_set, device, log), None
         # Everything not given on the command line is the scenario's (augmentation and losses always are).

@@ -22,6 +22,7 @@ def results_json(scenario, settings, results: dict, world_size: int) -> dict:
         "num_steps": scenario.num_steps,
         "task": scenario.task,
         "metric": scenario.metric,
+        "class_order": list(scenario.class_order),  # dataset category ids, in learning order
         "test_size": scenario.test_size,  # evaluation resize (short side, max long side); None: native
         "settings": {k: (v if not hasattr(v, "__dataclass_fields__") else asdict(v)) for k, v in asdict(settings).items()},
         "world_size": world_size,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+
 from ..settings import LossConfig
 from .augment import AugmentConfig, ade_panoptic, ade_semantic, coco_panoptic, scenes
 from .categories import COCO_83_ORDER, ade20k_categories, coco_panoptic_categories
@@ -192,6 +194,35 @@ def select_step_images(
         for image_id, segments in annotations.items()
         if any(_category_id(seg) in keep and not seg.get("iscrowd", 0) for seg in segments)
     ]
+
+
+CLASS_ORDERS = ("given", "random", "descending")
+
+
+def reorder_classes(scenario: Scenario, how: str, annotations: Mapping[Any, Sequence[Mapping[str, Any]]],
+                    seed: int = 0) -> Scenario:
+    """The scenario with its classes learned in another order (the step sizes unchanged): "given" (as
+    published), "random" (a permutation drawn from `seed`), or "descending" (the classes in more
+    training images first, as SimCIS orders them to test robustness; ties keep the given order).
+    `annotations`: image id -> segments of the training set. A new order changes the base classes,
+    so it needs its own base model."""
+    order = list(scenario.class_order)
+    if how == "given":
+        return scenario
+    if how == "random":
+        order = [order[i] for i in np.random.default_rng([seed, 4242]).permutation(len(order))]
+        label = f"random{seed}"
+    elif how == "descending":
+        images = {c: 0 for c in order}
+        for segments in annotations.values():
+            for c in {_category_id(seg) for seg in segments if not seg.get("iscrowd", 0)}:
+                if c in images:
+                    images[c] += 1
+        order = sorted(order, key=lambda c: -images[c])  # stable: ties keep the given order
+        label = "descending"
+    else:
+        raise ValueError(f"unknown class order {how!r}; choose from {list(CLASS_ORDERS)}")
+    return replace(scenario, name=f"{scenario.name}-{label}", class_order=tuple(order))
 
 
 def eval_groups(scenario: Scenario, up_to_step: int | None = None) -> dict[str, list[int]]:

@@ -40,6 +40,11 @@ def select_deltas(
         raise ValueError("delta selection needs at least one held-out image")
     new_ids = set(model.class_ids(model.num_steps))
     categories = {i + 1: c.is_thing for i, c in enumerate(model.classes)}
+    old_ids = sorted(set(categories) - new_ids)
+    # A label of another category (Learn's known background: "none of the step's classes") is stuff.
+    for item in heldout:
+        for segment in item.gt_segments:
+            categories.setdefault(int(segment["category_id"]), False)
     if raws is None:
         with torch.no_grad():
             raws = [model.infer(to_chw_tensor(item.image)[None]) for item in heldout]
@@ -66,7 +71,7 @@ def select_deltas(
                 new_pq.update(gt_ids, gt_segments, *_only(pred_ids, segments, new_ids, keep=True))
                 old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments, new_ids, keep=False))
             score_new = _mean_pq(new_pq, sorted(new_ids))
-            score_old = _mean_pq(old_pq, sorted(set(categories) - new_ids))
+            score_old = _mean_pq(old_pq, old_ids)
             table.append({"deltas": deltas, "pq_new": score_new, "pq_old_consistency": score_old,
                           "score": (score_new + score_old) / 2})
     # Ties (e.g. nothing found yet) go to the deltas closest to the published defaults.

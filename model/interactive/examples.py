@@ -139,8 +139,17 @@ class ExampleSet:
         return image, target
 
 
-def labelled(example: Example, class_ids: list[int]) -> LabelledImage:
-    """An example as a labelled image (for the delta choice of prompt steps)."""
+def labelled(example: Example, class_ids: list[int], is_thing: Sequence[bool] | None = None,
+             background_category: int | None = None) -> LabelledImage:
+    """An example as a labelled image (for the delta choice of prompt steps): its instances; with
+    `background_category`, its known background (`known_background`) as one segment of that category,
+    so a new-class segment there is a false positive, while unknown pixels stay void."""
     inst = np.asarray(example.instances).astype(np.int64)
     segments = [{"id": i, "category_id": class_ids[k], "iscrowd": 0} for i, k in class_index_map(example).items()]
+    if background_category is not None:
+        known = known_background(example, is_thing if is_thing is not None else [True] * len(class_ids))
+        if known.any():
+            background = int(inst.max(initial=0)) + 1
+            inst = np.where(known, background, inst)
+            segments.append({"id": background, "category_id": background_category, "iscrowd": 0})
     return LabelledImage(example.image, inst, segments)

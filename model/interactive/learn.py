@@ -26,7 +26,7 @@ from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages, PaintedImages
 from .crops import centre_crop, crop_to_painting
 from .examples import ExampleSet, check_examples, known_background, labelled, merge_classes
-from .negatives import choose_core, find_look_alikes, instance_rule, old_class_negatives
+from .negatives import choose_thresholds, find_look_alikes, instance_rule, old_class_negatives
 
 
 def learn_class(model: EclipseModel, name: str, is_thing: bool, examples: Sequence[Example],
@@ -62,7 +62,7 @@ def learn_classes(
         with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
             torch.manual_seed(config.seed)
             model.add_dense_step(names, is_thing, colors, config.dense_hidden, config.dense_fine, config.dense_inputs,
-                                 prepared.rule)
+                                 prepared.rule, config.dense_filters)
     else:
         model.add_step(names, is_thing, config.num_prompts, colors)
     try:  # from here on, any failure removes the step again
@@ -171,30 +171,35 @@ class _Prepared:
         self.reference = [self.frozen.predict(model, k) for k in range(len(self.examples))]
         self.context_refs = [self.frozen.predict(model, len(self.examples) + k)  # for negatives and the report
                              for k in range(len(self.context))]
-        self.weights, self.extra, self.rule = None, [], None
+        self.weights, self.rule = None, None
+        # Both learners read the painting as painted: unpainted pixels unknown unless an image is complete,
+        # known background from strokes, the band around painted instances, what the model holds for sure
+        # (on the painted images and on up to `max_context` other open images).
+        used = _spread(list(range(len(self.context))), config.max_context)
+        look_alikes = find_look_alikes(self.examples, self.reference)
+        self.examples, self.extra = old_class_negatives(
+            self.examples, self.reference, [self.context[i] for i in used], [self.context_refs[i] for i in used],
+            look_alikes)
+        self.extra_of = [used[k] for k in _kept_context(self.extra, [self.context[i] for i in used])]
+        if not any(known_background(e, self.is_thing).any() for e in self.examples + self.extra):
+            raise ValueError("nothing says where the new classes are not: paint some background ('Paint "
+                             "background'), or mark an image whose every instance is painted as complete")
+        if self.extra:  # the painted examples make two thirds of what is drawn
+            self.weights = ([2 / 3 / len(self.examples)] * len(self.examples)
+                            + [1 / 3 / len(self.extra)] * len(self.extra))
         if self.dense:
-            used = _spread(list(range(len(self.context))), config.max_context)
-            look_alikes = find_look_alikes(self.examples, self.reference)
-            self.examples, self.extra = old_class_negatives(
-                self.examples, self.reference, [self.context[i] for i in used], [self.context_refs[i] for i in used],
-                look_alikes)
-            if not any(known_background(e, self.is_thing).any() for e in self.examples + self.extra):
-                raise ValueError("nothing says where the new classes are not: paint some background ('Paint "
-                                 "background'), or mark an image whose every instance is painted as complete")
-            if self.extra:  # the painted examples make two thirds of what is drawn
-                self.weights = ([2 / 3 / len(self.examples)] * len(self.examples)
-                                + [1 / 3 / len(self.extra)] * len(self.extra))
             self.rule = instance_rule(self.examples, self.is_thing, look_alikes, config)
 
     def train_and_report(self, model, device, callback, cancel) -> LearnResult:
         config = self.config
         class_ids = model.class_ids(model.num_steps)
-        data = ExampleSet(list(self.examples) + self.extra, class_ids, self.is_thing, config.augment, self.dense,
+        data = ExampleSet(list(self.examples) + self.extra, class_ids, self.is_thing, config.augment, True,
                           self.weights)
         train_config = TrainConfig(
             iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
             clip_norm=config.clip_norm, augment_variants=config.augment_variants, dense_crop=config.dense_crop,
-            loss=LossConfig(num_points=config.num_points),
+            # the published losses' settings; a dense step has its own per-pixel losses (training.dense)
+            **({} if self.dense else {"loss": LossConfig(num_points=config.num_points)}),
         )
         result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
         if result.state == RunState.CANCELLED:
@@ -204,15 +209,25 @@ class _Prepared:
         painted, other = raws[: len(self.examples)], raws[len(self.examples):]
         table = []
         if self.dense:
-            choose_core(model, painted, self.examples, class_ids, self.is_thing)
+            choose_thresholds(model, painted, self.reference, self.examples, self.is_thing)
         else:
-            deltas, table = select_deltas(model, [labelled(e, class_ids) for e in self.examples], self.reference,
-                                          scale=4, raws=painted)  # scored at the masks' resolution
+            # Scored as painted: known background (and what the model held for sure on the other open
+            # images) counts against the new classes, unknown pixels count for nothing.
+            background = model.num_classes + 1
+            items = [labelled(e, class_ids, self.is_thing, background) for e in self.examples + self.extra]
+            refs = self.reference + [self.context_refs[i] for i in self.extra_of]
+            deltas, table = select_deltas(model, items, refs, scale=4,  # at the masks' resolution
+                                          raws=painted + [other[i] for i in self.extra_of])
             model.set_deltas(deltas)
         painted_report = painted_images_report(model, painted, self.reference, self.examples, class_ids)
         others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, painted_report, table, others, class_ids)
+
+
+def _kept_context(extra: Sequence[Example], context: Sequence) -> list[int]:
+    """Which of `context` each extra example (a context image kept as negatives) is."""
+    return [next(k for k, image in enumerate(context) if image is e.image) for e in extra]
 
 
 def _spread(items: Sequence, count: int) -> list:

@@ -75,53 +75,90 @@ def old_class_negatives(examples: Sequence[Example], references: list, context: 
     return out, extra
 
 
-# Core thresholds (normalised distance above which a pixel seeds an instance) a dense step may take;
-# the one that best reproduces the painted instances on the painted images is kept.
+# Thresholds a dense step may take: the foreground probability above which a pixel is its class, and the
+# normalised distance above which a pixel seeds an instance. The ones that best reproduce the painting on
+# the painted images are kept.
+FOREGROUND_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
 CORE_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def choose_core(model, raws: list, examples: Sequence[Example], class_ids: list[int], is_thing: Sequence[bool]) -> float:
-    """Sets the newest (dense) step's core threshold to the candidate whose segments best reproduce the
-    painted thing instances on the painted images (`raws`: their predictions after training): a panoptic
-    quality over the painted instances, where a predicted segment counts as false only where most of it
-    lies on what the painting says (instances or known background), not on unknown pixels. Instance
-    separation so follows what the painting shows (how far apart the painted instances' centres are,
-    how they touch), not a hand-set number. Ties go to the candidate nearest 0.5."""
+def choose_thresholds(model, raws: list, references: list, examples: Sequence[Example], is_thing: Sequence[bool]
+                      ) -> tuple[float, float]:
+    """Sets the newest (dense) step's foreground threshold, then its core threshold, to the candidates
+    whose segments best reproduce the painting on the painted images (`raws`: their predictions after
+    training; `references`: the model's results before the step, what the step's segments are laid
+    over), judged on what the painting says only: a panoptic quality over the painted thing instances (a
+    predicted segment counts as false only where most of it lies on painted or known background pixels,
+    not on unknown ones) plus, for stuff classes, the IoU of the class's region with the painted one
+    over the known pixels. A head trained with balanced classes leans towards the class at its
+    boundaries; how far, and how touching instances split, then follows what the painting shows, not
+    hand-set numbers. Ties go to the candidate nearest the default (foreground 0.5, core 0.5)."""
+    from ..network.dense_segments import dense_maps, dense_segments
+
     group = model.groups[-1]
-    learned = group.rule
-    if not any(is_thing):
-        return learned.core
-    best, best_score = learned.core, -1.0
-    for core in sorted(CORE_CANDIDATES, key=lambda c: abs(c - 0.5)):
-        group.rule = replace(learned, core=core)
-        score = _painted_instance_quality(model, raws, examples, class_ids, is_thing)
-        if score > best_score + 1e-9:
-            best, best_score = core, score
-    group.rule = replace(learned, core=best)
-    return best
+    rule = group.rule
+    images = []  # what the candidates do not change, made once per image
+    for raw, ref, e in zip(raws, references, examples):
+        probs, distances = dense_maps(raw.dense_logits[-1][0], raw.dense_strides[-1], raw.padded_size,
+                                      raw.image_size, raw.image_size)
+        queries = (model.resized_masks(raw, 0, raw.image_size) > 0).cpu().numpy() if rule.snap_iou > 0 else None
+        images.append((probs, distances, ref.confidence.cpu().numpy(), ref.semantic.cpu().numpy(), queries, e))
+    for field, candidates, default in (("foreground", FOREGROUND_CANDIDATES, 0.5), ("core", CORE_CANDIDATES, 0.5)):
+        if field == "core" and not any(is_thing):
+            continue
+        best, best_score = getattr(rule, field), -1.0
+        for value in sorted(candidates, key=lambda c: abs(c - default)):
+            score = _painted_quality(images, replace(rule, **{field: value}), is_thing)
+            if score > best_score + 1e-9:
+                best, best_score = value, score
+        rule = replace(rule, **{field: best})
+    group.rule = rule
+    return rule.foreground, rule.core
 
 
-def _painted_instance_quality(model, raws, examples, class_ids, is_thing) -> float:
+def _painted_quality(images, rule, is_thing) -> float:
+    from ..network.dense_segments import dense_segments
+
     iou_sum, tp, fp, fn = 0.0, 0, 0, 0
-    for raw, e in zip(raws, examples):
-        result = model.merge(raw)
-        panoptic = result.panoptic_seg.numpy()
+    stuff_inter, stuff_union = 0, 0
+    for probs, distances, held, owner, queries, e in images:
+        segments = dense_segments(probs, distances, list(is_thing), rule, held, owner, queries)
         instances = np.asarray(e.instances)
         said = (instances > 0) | known_background(e, is_thing)
         classes = class_index_map(e)
-        for k, (class_id, thing) in enumerate(zip(class_ids, is_thing)):
+        for k, thing in enumerate(is_thing):
+            ids = [i for i, c in classes.items() if c == k]
+            predicted = [s.mask for s in segments if s.class_index == k]
             if not thing:
+                painted = np.isin(instances, ids)
+                found = np.logical_or.reduce(predicted) & said if predicted else np.zeros(painted.shape, bool)
+                stuff_inter += int((found & painted).sum())
+                stuff_union += int((found | painted).sum())
                 continue
-            painted = [instances == i for i, c in classes.items() if c == k]
-            predicted = [panoptic == s.id for s in result.segments if s.category_id == class_id]
-            matched = set()
-            for mask in painted:
-                best = max(((int((mask & p).sum()) / int((mask | p).sum()), j) for j, p in enumerate(predicted)
-                            if j not in matched), default=(0.0, -1))
-                if best[0] > 0.5:
-                    matched.add(best[1])
-                    iou_sum, tp = iou_sum + best[0], tp + 1
-                else:
-                    fn += 1
-            fp += sum(1 for j, p in enumerate(predicted) if j not in matched and (p & said).sum() > 0.5 * p.sum())
-    return iou_sum / max(tp + 0.5 * fp + 0.5 * fn, 1e-9)
+            t, f, n, s = _match(np.where(np.isin(instances, ids), instances, 0), predicted, said)
+            tp, fp, fn, iou_sum = tp + t, fp + f, fn + n, iou_sum + s
+    things = iou_sum / max(tp + 0.5 * fp + 0.5 * fn, 1e-9) if any(is_thing) else 0.0
+    stuff = stuff_inter / stuff_union if stuff_union else 0.0
+    return things + stuff
+
+
+def _match(painted: np.ndarray, predicted: list[np.ndarray], said: np.ndarray) -> tuple[int, int, int, float]:
+    """(TP, FP, FN, IoU sum) of predicted masks (not overlapping) against painted instances (an id map),
+    matched at IoU > 0.5 (unique, as in PQ); a prediction is false only if most of it lies on `said`."""
+    ids = np.unique(painted)
+    ids = ids[ids > 0]
+    pred = np.zeros(painted.shape, np.int64)
+    for j, mask in enumerate(predicted, start=1):
+        pred[mask] = j
+    gt = np.searchsorted(ids, painted) + 1
+    gt[painted == 0] = 0  # gt ids 1..len(ids), predictions 1..len(predicted)
+    m = len(predicted) + 1
+    inter = np.bincount((gt * m + pred).ravel(), minlength=(len(ids) + 1) * m).reshape(len(ids) + 1, m)
+    gt_area, pred_area = inter.sum(1), inter.sum(0)
+    iou = inter[1:, 1:] / np.maximum(gt_area[1:, None] + pred_area[None, 1:] - inter[1:, 1:], 1)
+    hits = iou > 0.5
+    tp, iou_sum = int(hits.sum()), float(iou[hits].sum())
+    matched = hits.any(0)
+    on_said = np.bincount(pred[said].ravel(), minlength=m)
+    fp = int(sum(1 for j in range(1, m) if not matched[j - 1] and on_said[j] > 0.5 * pred_area[j]))
+    return tp, fp, len(ids) - tp, iou_sum

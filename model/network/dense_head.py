@@ -5,9 +5,10 @@ touching objects poorly. A dense step owns one small convolutional head instead.
 frozen model computes anyway (`DenseInputs`): the backbone's four levels (strides 4 to 32: general
 ImageNet features, which still describe images unlike anything the base was trained on), the pixel
 decoder's mask features and memories (what the base learned about its own classes), and the image
-itself. The levels meet at stride 4 (a 1x1 projection each, summed, two 3x3 convolutions for context);
-a light path then brings the result to the image's own resolution, where two 3x3 convolutions read it
-together with the pixels, so boundaries follow the image and not a stride-4 grid.
+itself. The levels meet at stride 4 (a 1x1 projection each, summed, two 3x3 convolutions for context),
+whose logits are upsampled to the image's resolution. Optionally (`fine` > 0) a light path adds to them
+at full resolution what two 3x3 convolutions read from a fixed filter bank of the pixels; Learn leaves
+it out, as it did not improve the tuning split (see `model.interactive.config.LearnConfig.dense_fine`).
 
 Per class the head predicts a foreground logit and, for thing classes, a normalised distance to the
 instance boundary (1 at an instance's centre, 0 at its edge); `dense_segments` turns them into
@@ -81,6 +82,60 @@ def dense_input_channels(backbone_channels: dict[str, int], hidden_dim: int) -> 
     return {**{n: int(backbone_channels[n]) for n in BACKBONE_INPUTS}, **{n: hidden_dim for n in DECODER_INPUTS}}
 
 
+class ImageFilters(nn.Module):
+    """A fixed filter bank of the image, the per-pixel features filter-bank pixel classifiers (ilastik,
+    APOC) read: per colour channel and scale sigma in `sigmas`, the Gaussian-smoothed intensity, its
+    gradient magnitude and the two eigenvalues of its Hessian; plus the image itself. No parameters:
+    [B, 3, H, W] normalised image -> [B, 3 + 12 * len(sigmas), H, W]."""
+
+    def __init__(self, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)):
+        super().__init__()
+        self.sigmas = tuple(float(s) for s in sigmas)
+        for k, sigma in enumerate(self.sigmas):
+            radius = int(round(3 * sigma))
+            x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+            g = torch.exp(-0.5 * (x / sigma) ** 2)
+            self.register_buffer(f"gauss{k}", g / g.sum(), persistent=False)
+
+    @property
+    def channels(self) -> int:
+        return 3 + 12 * len(self.sigmas)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = [image]
+        for k in range(len(self.sigmas)):
+            g = getattr(self, f"gauss{k}").to(image.dtype)
+            smooth = _separable(image, g)
+            dy, dx = _derivative(smooth, 2), _derivative(smooth, 3)
+            dyy, dxx = _second(smooth, 2), _second(smooth, 3)
+            dxy = _derivative(dx, 2)
+            half_trace, root = (dxx + dyy) / 2, torch.sqrt(((dxx - dyy) / 2) ** 2 + dxy**2 + 1e-12)
+            out += [smooth, torch.sqrt(dx**2 + dy**2 + 1e-12), half_trace + root, half_trace - root]
+        return torch.cat(out, 1)
+
+
+def _separable(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Gaussian smoothing of every channel (the border pixels repeated outwards)."""
+    c, r = x.shape[1], kernel.numel() // 2
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _derivative(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central difference along dim 2 (rows) or 3 (columns)."""
+    pad = (0, 0, 1, 1) if dim == 2 else (1, 1, 0, 0)
+    x = F.pad(x, pad, mode="replicate")
+    return (x.narrow(dim, 2, x.shape[dim] - 2) - x.narrow(dim, 0, x.shape[dim] - 2)) / 2
+
+
+def _second(x: torch.Tensor, dim: int) -> torch.Tensor:
+    pad = (0, 0, 1, 1) if dim == 2 else (1, 1, 0, 0)
+    x = F.pad(x, pad, mode="replicate")
+    n = x.shape[dim] - 2
+    return x.narrow(dim, 2, n) - 2 * x.narrow(dim, 1, n) + x.narrow(dim, 0, n)
+
+
 def _conv3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
 
@@ -90,34 +145,41 @@ class DenseHead(nn.Module):
     distance channels (a sigmoid gives the normalised distance; unused for stuff classes).
 
     `inputs`: which of `DENSE_INPUTS` it reads (with their channels); `hidden`: channels at stride 4;
-    `fine`: channels at full resolution. `forward_both` also gives the stride-4 logits the full-resolution
-    path starts from (trained too, so the context part learns on its own)."""
+    `fine`: channels of the optional full-resolution path (0: none), which reads a filter bank of the
+    image (`filters`) or the image alone. `forward_both` also gives the stride-4 logits the
+    full-resolution path starts from (trained too, so the context part learns on its own)."""
 
     output_stride = 1
 
-    def __init__(self, inputs: dict[str, int], num_classes: int, hidden: int = 32, fine: int = 8):
+    def __init__(self, inputs: dict[str, int], num_classes: int, hidden: int = 32, fine: int = 0,
+                 filters: bool = True):
         super().__init__()
         unknown = sorted(set(inputs) - set(DENSE_INPUTS))
         if unknown or not inputs:
             raise ValueError(f"a dense head reads some of {list(DENSE_INPUTS)}, got {list(inputs)}")
         self.inputs = {k: int(inputs[k]) for k in DENSE_INPUTS if k in inputs}
-        self.num_classes, self.hidden, self.fine = num_classes, hidden, fine
+        self.num_classes, self.hidden, self.fine, self.use_filters = num_classes, hidden, fine, bool(filters)
         self.project = nn.ModuleDict({k: nn.Conv2d(c, hidden, 1) for k, c in self.inputs.items()})
         self.context = nn.Sequential(_conv3(hidden, hidden), nn.ReLU(), _conv3(hidden, hidden), nn.ReLU())
         self.coarse = nn.Conv2d(hidden, 2 * num_classes, 1)
-        self.reduce = nn.Conv2d(hidden, fine, 1)
+        # fine = 0: no full-resolution path (the stride-4 logits upsampled; measured against it)
+        self.reduce = nn.Conv2d(hidden, fine, 1) if fine else None
+        self.filters = ImageFilters() if fine and filters else None
+        pixel_channels = self.filters.channels if self.filters is not None else 3
+        self.pixel = nn.Sequential(nn.Conv2d(pixel_channels, fine, 1), nn.ReLU()) if fine else None
         self.refine = nn.Sequential(
-            _conv3(fine + 3 + 2 * num_classes, fine), nn.ReLU(),
+            _conv3(fine + 2 * num_classes, fine), nn.ReLU(),
             _conv3(fine, fine), nn.ReLU(),
             nn.Conv2d(fine, 2 * num_classes, 1),
-        )  # fmt: skip
+        ) if fine else None  # fmt: skip
         # A new head starts by predicting nothing (foreground probability ~0.02), as a focal-loss prior,
         # and its full-resolution path starts as the identity on the upsampled stride-4 logits.
         nn.init.normal_(self.coarse.weight, std=0.01)
         nn.init.constant_(self.coarse.bias, 0.0)
         nn.init.constant_(self.coarse.bias[:num_classes], -4.0)
-        nn.init.zeros_(self.refine[-1].weight)
-        nn.init.zeros_(self.refine[-1].bias)
+        if self.refine is not None:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
     def forward_both(self, x: DenseInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits at the image's resolution, logits at stride 4). Computed in channels-last memory
@@ -129,7 +191,12 @@ class DenseHead(nn.Module):
         coarse = self.coarse(f)
         full = tuple(x.image.shape[-2:])
         up = _resize(coarse, full)
-        fine = up + self.refine(torch.cat([_resize(self.reduce(f), full), x.image, up], 1))
+        if self.refine is None:
+            return up, coarse
+        pixels = self.filters(x.image) if self.filters is not None else x.image
+        # The context (upsampled) and the pixels' own features meet by a sum, which costs the first
+        # full-resolution convolution half of what a concatenation would.
+        fine = up + self.refine(torch.cat([_resize(self.reduce(f), full) + self.pixel(pixels), up], 1))
         return fine, coarse
 
     def forward(self, x: DenseInputs) -> torch.Tensor:
@@ -137,7 +204,8 @@ class DenseHead(nn.Module):
 
     def layout(self) -> dict:
         """What rebuilds this head (a step file's metadata)."""
-        return {"version": 2, "inputs": self.inputs, "hidden": self.hidden, "fine": self.fine}
+        return {"version": 2, "inputs": self.inputs, "hidden": self.hidden, "fine": self.fine,
+                "filters": self.use_filters}
 
 
 class StrideFourHead(nn.Module):
@@ -172,7 +240,7 @@ def build_dense_head(layout: dict, num_classes: int, input_channels: dict[str, i
     wrong = {k: (v, input_channels.get(k)) for k, v in inputs.items() if input_channels.get(k) != v}
     if wrong:
         raise ValueError(f"the step's head reads inputs this model does not have (name: (step, model)): {wrong}")
-    return DenseHead(inputs, num_classes, int(layout["hidden"]), int(layout["fine"]))
+    return DenseHead(inputs, num_classes, int(layout["hidden"]), int(layout["fine"]), bool(layout["filters"]))
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from scipy import ndimage
 @dataclass(frozen=True)
 class InstanceRule:
     """How per-pixel maps become segments; set from the painted examples when the step is learned
-    (`model.interactive.negatives.instance_rule`, the core by `choose_core`). The defaults of the last
+    (`model.interactive.negatives.instance_rule`; the foreground and core thresholds by `choose_thresholds`). The defaults of the last
     three fields reproduce step files written before they existed."""
 
     foreground: float = 0.5  # probability above which a pixel belongs to the class

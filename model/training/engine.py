@@ -27,7 +27,7 @@ from ..network.decoder import DecoderMemory
 from ..network.dense_head import DenseInputs
 from ..network.eclipse import EclipseModel
 from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
-from .dense import dense_loss, dense_targets
+from .dense import UNKNOWN, dense_loss, dense_targets
 from .feature_cache import FeatureCache, features_nbytes
 from .progress import Progress, RunState
 
@@ -248,8 +248,10 @@ class Trainer:
         return parts
 
     def _dense_window(self, entry, iteration: int, k: int):
-        """Sample `k` of an iteration cut to a random `dense_crop` window (aligned to 32 pixels), drawn
-        from (seed, iteration, k); the whole sample where it is not larger than the window."""
+        """Sample `k` of an iteration cut to a `dense_crop` window (aligned to 32 pixels) around a pixel
+        the painting says something about: half the time one of the class, else any known one (a few
+        painted instances on a large image would otherwise rarely fall in a window). Drawn from
+        (seed, iteration, k); the whole sample where it is not larger than the window."""
         inputs, (labels, distance) = entry
         side = self.config.dense_crop
         h, w = labels.shape  # the padded size: multiples of 32
@@ -257,8 +259,16 @@ class Trainer:
             return entry
         rng = np.random.default_rng([self.config.seed, 17, iteration, k])
         height, width = min(side, h), min(side, w)
-        y0 = 32 * int(rng.integers(0, (h - height) // 32 + 1))
-        x0 = 32 * int(rng.integers(0, (w - width) // 32 + 1))
+        flat = labels.reshape(-1)
+        pool = torch.nonzero(flat > 0).flatten() if rng.random() < 0.5 else torch.empty(0, dtype=torch.long)
+        if pool.numel() == 0:
+            pool = torch.nonzero(flat != UNKNOWN).flatten()
+        if pool.numel():
+            py, px = divmod(int(pool[int(rng.integers(0, pool.numel()))]), w)
+        else:
+            py, px = int(rng.integers(0, h)), int(rng.integers(0, w))
+        y0 = 32 * int(np.clip(round((py - height / 2) / 32), 0, (h - height) // 32))
+        x0 = 32 * int(np.clip(round((px - width / 2) / 32), 0, (w - width) // 32))
         window = (slice(y0, y0 + height), slice(x0, x0 + width))
         return inputs.crop(y0, x0, height, width), [labels[window], distance[window]]
 

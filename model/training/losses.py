@@ -45,20 +45,46 @@ def sigmoid_focal_loss(
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """Dice loss per mask (rows of inputs [N,P] logits vs targets [N,P]), summed / num_masks."""
+def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Dice loss per mask (rows of inputs [N,P] logits vs targets [N,P]), summed / num_masks;
+    `weights` [N,P] in {0,1}: points with weight 0 count as neither predicted nor true."""
     inputs = inputs.sigmoid().flatten(1)
     targets = targets.flatten(1)
+    if weights is not None:
+        inputs, targets = inputs * weights, targets * weights
     numerator = 2 * (inputs * targets).sum(-1)
     denominator = inputs.sum(-1) + targets.sum(-1)
     loss = 1 - (numerator + 1) / (denominator + 1)
     return loss.sum() / num_masks
 
 
-def sigmoid_bce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """BCE-with-logits averaged over points of each mask, summed over masks / num_masks."""
+def sigmoid_bce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE-with-logits averaged over points of each mask, summed over masks / num_masks. `weights`
+    [N,P] in {0,1}: only those points count (a point on unknown pixels says nothing)."""
     loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    return loss.flatten(1).mean(1).sum() / num_masks
+    if weights is None:
+        return loss.flatten(1).mean(1).sum() / num_masks
+    return ((loss * weights).sum(1) / weights.sum(1).clamp(min=1)).sum() / num_masks
+
+
+def split_background(targets: list[dict]) -> tuple[list[dict], list[torch.Tensor | None]]:
+    """Targets may carry masks labelled 0: what the painting says is background (Learn's partly
+    painted examples). Returns the targets without them and, per image, where the painting says
+    something ([H,W] bool: the objects and that background), or None where no background mask is
+    given (then everything is known, as in a labelled dataset)."""
+    out, known = [], []
+    for t in targets:
+        labels, masks = t["labels"], t["masks"]
+        background = labels == 0
+        if not bool(background.any()):
+            out.append(t)
+            known.append(None)
+            continue
+        known.append(masks.any(0))
+        out.append({"labels": labels[~background], "masks": masks[~background]})
+    return out, known
 
 
 def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -148,8 +174,10 @@ class SetCriterion(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
         self.generator = generator
 
-    def class_loss(self, logits: torch.Tensor, targets: list[dict], indices) -> torch.Tensor:
-        """Unweighted focal loss; unmatched queries target the no-object (last) column."""
+    def class_loss(self, logits: torch.Tensor, targets: list[dict], indices,
+                   ignored: torch.Tensor | None = None) -> torch.Tensor:
+        """Unweighted focal loss; unmatched queries target the no-object (last) column, except the
+        `ignored` ones ([B,Q] bool: found something where the painting says nothing), which get none."""
         batch_size, num_queries, num_cols = logits.shape
         target_cols = torch.full((batch_size, num_queries), num_cols - 1, dtype=torch.long, device=logits.device)
         for b, (pred_idx, gt_idx) in enumerate(indices):
@@ -163,6 +191,8 @@ class SetCriterion(nn.Module):
             weight = torch.ones_like(loss)
             weight[..., -1] = torch.where(onehot[..., -1] > 0, self.no_object_weight, 1.0)
             loss = loss * weight
+        if ignored is not None:
+            loss = loss * (~ignored)[..., None].to(loss.dtype)
         return loss.mean() * CLASS_LOSS_SCALE
 
     def mask_losses(
@@ -172,9 +202,12 @@ class SetCriterion(nn.Module):
         indices,
         num_masks: float,
         generator: torch.Generator | None,
+        known: list[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unweighted (BCE, dice) on importance-sampled points of matched masks."""
-        point_logits, point_labels = [], []
+        """Unweighted (BCE, dice) on importance-sampled points of matched masks; where `known` is given
+        for an image, only its points on known pixels count."""
+        point_logits, point_labels, point_weights = [], [], []
+        weighted = known is not None and any(k is not None for k in known)
         for b, (pred_idx, gt_idx) in enumerate(indices):
             if pred_idx.numel() == 0:
                 continue
@@ -192,6 +225,15 @@ class SetCriterion(nn.Module):
                     generator,
                 )
                 point_labels.append(point_sample(tgt, coords, align_corners=False).squeeze(1))
+                if weighted:
+                    k = known[b]
+                    if k is None:
+                        point_weights.append(torch.ones_like(point_labels[-1]))
+                    else:
+                        k = k.to(device=src.device, dtype=torch.float32)[None, None].expand(len(src), 1, -1, -1)
+                        # Nearest: a point is known or not (bilinear would half-count the edge).
+                        point_weights.append((point_sample(k, coords, align_corners=False, mode="nearest")
+                                              .squeeze(1) > 0.5).float())
             point_logits.append(point_sample(src, coords, align_corners=False).squeeze(1))
         if not point_logits:
             # Keep the graph connected (e.g. for DDP) while contributing nothing.
@@ -199,9 +241,15 @@ class SetCriterion(nn.Module):
             return zero, zero.clone()
         logits_pts = torch.cat(point_logits)
         labels_pts = torch.cat(point_labels)
+        if not weighted:
+            return (
+                sigmoid_bce_loss(logits_pts, labels_pts, num_masks),
+                dice_loss(logits_pts, labels_pts, num_masks),
+            )
+        weights = torch.cat(point_weights)
         return (
-            sigmoid_bce_loss(logits_pts, labels_pts, num_masks),
-            dice_loss(logits_pts, labels_pts, num_masks),
+            sigmoid_bce_loss(logits_pts, labels_pts, num_masks, weights),
+            dice_loss(logits_pts, labels_pts, num_masks, weights),
         )
 
     def forward(
@@ -214,6 +262,7 @@ class SetCriterion(nn.Module):
             raise ValueError("predictions must be a non-empty list of dicts")
         generator = generator if generator is not None else self.generator
         first = predictions[0]["logits"]
+        targets, known = split_background(targets)
         validate_targets(targets, self.num_classes, first.shape[0])
         num_masks = reduce_num_masks(sum(len(t["labels"]) for t in targets), first.device)
 
@@ -231,9 +280,31 @@ class SetCriterion(nn.Module):
                     f"{tuple(logits.shape)} disagree on [B,Q]"
                 )
             indices = self.matcher(logits, mask_logits, targets, generator=generator)
-            loss_bce, loss_dice = self.mask_losses(mask_logits, targets, indices, num_masks, generator)
-            losses[f"loss_class_{i}"] = self.class_weight * self.class_loss(logits, targets, indices)
+            loss_bce, loss_dice = self.mask_losses(mask_logits, targets, indices, num_masks, generator, known)
+            ignored = unmatched_on_unknown(mask_logits, indices, known)
+            losses[f"loss_class_{i}"] = self.class_weight * self.class_loss(logits, targets, indices, ignored)
             losses[f"loss_mask_{i}"] = self.mask_weight * loss_bce
             losses[f"loss_dice_{i}"] = self.dice_weight * loss_dice
         losses["loss"] = sum(losses.values())
         return losses
+
+
+def unmatched_on_unknown(mask_logits: torch.Tensor, indices, known: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """[B,Q] bool: unmatched queries whose mask lies mostly on pixels the painting says nothing about
+    (an instance nobody painted is not "no object"); None where every image is known everywhere."""
+    if all(k is None for k in known):
+        return None
+    batch, queries, h, w = mask_logits.shape
+    out = torch.zeros(batch, queries, dtype=torch.bool, device=mask_logits.device)
+    with torch.no_grad():
+        for b, k in enumerate(known):
+            if k is None:
+                continue
+            unknown = F.interpolate((~k).to(mask_logits.device, torch.float32)[None, None], size=(h, w), mode="area")[0, 0]
+            found = mask_logits[b].float() > 0  # [Q,h,w]
+            area = found.flatten(1).sum(1).clamp(min=1)
+            on_unknown = (found * unknown).flatten(1).sum(1) / area
+            ignored = on_unknown > 0.5
+            ignored[indices[b][0].to(ignored.device)] = False  # matched queries learn as usual
+            out[b] = ignored
+    return out
