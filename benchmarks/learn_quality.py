@@ -7,8 +7,9 @@
 
 Learners (the model learners start from the shipped base model; the peers need scikit-learn):
 - published: the ECLIPSE prompt step as published (10 prompts from the mean of the base queries, the
-  published losses; unpainted pixels are "not this class"), `LearnConfig.prompts()`, delta chosen on the
-  painted images;
+  published losses), `LearnConfig.prompts()`, reading the painting as Learn does (unpainted pixels of an
+  image not marked complete are unknown) and its delta chosen on the painted images with the known
+  background counting against it;
 - learn: the project's Learn (`LearnConfig()`: a dense step);
 - filter forest / cnn forest / cnn+filter forest: random-forest pixel classifiers as ilastik/APOC and
   napari-convpaint run them (benchmarks/peers.py), each with the better of two post-processings
