@@ -10,7 +10,6 @@ prediction shown has been refreshed and the widget is ready again. Writes result
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from eclipse_napari.plugin.widget import EclipseWidget, State
+    from model.io.atomic import atomic_write_json
     from model.data.scenes import SCENE_CLASSES, generate_scene
 
     class_id = next(i for i, c in enumerate(SCENE_CLASSES, start=1) if c.name == CLASS)
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     print(f"{args.learner}, {args.threads} thread(s): {seconds:.1f} s from Learn to the 7 refreshed predictions "
           f"(Learn itself {result.seconds:.1f} s)")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(record, indent=2))
+    atomic_write_json(args.out / "results.json", record)
     viewer.close()
     return 0
 

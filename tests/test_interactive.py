@@ -247,6 +247,10 @@ def test_large_painted_images_train_as_crops_around_the_painting(model):
     assert sum(int(c.background.sum()) for c in crops) == int(background.sum())
     small = Example(image[:200, :200], instances[:200, :200])
     assert crop_to_painting([small], side=256) == [small]
+    # Marked complete with nothing painted (an image without the class): its centre, not nothing.
+    (empty,) = crop_to_painting([Example(image, np.zeros_like(instances), complete=True)], side=256)
+    assert empty.complete and empty.instances.shape == (256, 256) and not empty.instances.any()
+    assert crop_to_painting([Example(image, np.zeros_like(instances))], side=256) == []
     assert centre_crop(image, 256).shape == (256, 256, 3)
 
     result = learn_class(model, "blob", True, [Example(image, instances, background)],
@@ -411,3 +415,20 @@ def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
     painted, others = reports(road)
     assert painted.kept < 0.05 and painted.claimed > 0.95
     assert others.kept < 0.05 and others.claimed > 0.95
+
+
+def test_the_delta_choice_keeps_the_old_classes_on_known_background():
+    """Scoring a prompt step's deltas on a painting: the previous model's map is voided where the new
+    class is painted, not on the known background (there a new-class segment changes an old class)."""
+    from model.evaluation.deltas import reference_outside_new
+    from model.interactive.examples import labelled
+    from model.network.postprocess import PanopticResult, Segment
+
+    instances = np.zeros((8, 8), np.int32)
+    instances[:4, :4] = 1
+    example = Example(np.zeros((8, 8, 3), np.uint8), instances, complete=True)  # the rest: known background
+    item = labelled(example, [3], [True], background_category=4)
+    assert {s["category_id"] for s in item.gt_segments} == {3, 4}
+    ref = PanopticResult(torch.ones((8, 8), dtype=torch.int32), [Segment(1, 1, False, 0.9, 64)])  # road everywhere
+    ids, segments = reference_outside_new(item.gt_ids, item.gt_segments, ref, {3}, (8, 8))
+    assert (ids[:4, :4] == 0).all() and (ids[instances == 0] == 1).all() and segments[0]["category_id"] == 1

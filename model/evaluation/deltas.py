@@ -25,11 +25,13 @@ def select_deltas(
     raws: Sequence[RawPrediction] | None = None,
 ) -> tuple[list[float], list[dict]]:
     """Chooses the newest group's delta and the base group's on held-out images of the step (labelled for
-    the step's classes only); deltas of intermediate steps stay as they are.
+    the step's classes, and optionally with known background as a segment of another category: Learn's
+    painting); deltas of intermediate steps stay as they are.
 
     Score = mean of (a) PQ of the new classes against the held-out labels (pixels without a label are
     void, so old-class predictions there are not penalised) and (b) PQ of the old classes against
-    `reference`, the previous model's own predictions on the same images with new-class pixels voided:
+    `reference`, the previous model's own predictions on the same images with new-class pixels voided
+    (a new-class segment on known background is a false positive in (a), and changes the old classes in (b)):
     the new step should find its classes without disturbing what the model already said elsewhere.
     Needs no old-class labels, as in the continual protocol. Candidates are scored at 1/`scale` of the
     image size (4: the masks' own resolution, what Learn uses; 1 = full size, the benchmark's). `raws`: the
@@ -56,9 +58,7 @@ def select_deltas(
     for item, ref, size in zip(heldout, reference, sizes):
         gt_ids = _nearest(item.gt_ids, size)
         labels.append((gt_ids, [s for s in item.gt_segments if (gt_ids == s["id"]).any()]))
-        labelled_new = np.isin(gt_ids, [s["id"] for s in item.gt_segments])
-        ref_ids = np.where(labelled_new, 0, _nearest(ref.panoptic_seg.numpy(), size))
-        refs.append((ref_ids, [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]))
+        refs.append(reference_outside_new(gt_ids, item.gt_segments, ref, new_ids, size))
     table = []
     current = model.deltas
     for base_delta in base_candidates:
@@ -67,7 +67,7 @@ def select_deltas(
             new_pq, old_pq = PanopticQuality(categories), PanopticQuality(categories)
             for (gt_ids, gt_segments), raw, m, size, (ref_ids, ref_segments) in zip(labels, raws, masks, sizes, refs):
                 result = model.merge(raw, deltas=deltas, output_size=size, masks=m)
-                pred_ids, segments = result.panoptic_seg.numpy(), segments_as_dicts(result)
+                pred_ids, segments = result.panoptic_seg.cpu().numpy(), segments_as_dicts(result)
                 new_pq.update(gt_ids, gt_segments, *_only(pred_ids, segments, new_ids, keep=True))
                 old_pq.update(ref_ids, ref_segments, *_only(pred_ids, segments, new_ids, keep=False))
             score_new = _mean_pq(new_pq, sorted(new_ids))
@@ -78,6 +78,15 @@ def select_deltas(
     best = max(table, key=lambda row: (row["score"], -abs(row["deltas"][-1] - DEFAULT_STEP_DELTA)
                                        - abs(row["deltas"][0] - DEFAULT_BASE_DELTA)))
     return best["deltas"], table
+
+
+def reference_outside_new(gt_ids: np.ndarray, gt_segments: list[dict], ref: PanopticResult, new_ids: set,
+                          size: tuple[int, int]) -> tuple[np.ndarray, list[dict]]:
+    """The previous model's panoptic map at `size` (ids, segments), void where a new class is labelled
+    (`gt_ids` at `size`) and only there: on known background the old classes should stay as they were."""
+    labelled_new = np.isin(gt_ids, [s["id"] for s in gt_segments if s["category_id"] in new_ids])
+    ref_ids = np.where(labelled_new, 0, _nearest(ref.panoptic_seg.cpu().numpy(), size))
+    return ref_ids, [s for s in segments_as_dicts(ref) if (ref_ids == s["id"]).any()]
 
 
 def _mask_size(shape, scale: int) -> tuple[int, int]:

@@ -37,7 +37,8 @@ def _windows(painted: np.ndarray, side: int) -> list[tuple[int, int, int, int]]:
 
 def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
     """Examples larger than side x side replaced by crops around their painted pixels (instances and
-    painted background); smaller ones unchanged. Instances keep their labels within each crop."""
+    painted background; the centre of an image marked complete with nothing painted); smaller ones
+    unchanged. Instances keep their labels within each crop."""
     out = []
     for e in examples:
         image, instances = np.asarray(e.image), np.asarray(e.instances)
@@ -48,7 +49,11 @@ def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
         painted = instances > 0
         if e.background is not None:
             painted = painted | np.asarray(e.background, bool)
-        for y0, y1, x0, x1 in _windows(painted, side):
+        windows = _windows(painted, side)
+        if not windows and e.complete:  # marked complete with nothing painted: an example without the class
+            y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+            windows = [(y0, min(y0 + side, h), x0, min(x0 + side, w))]
+        for y0, y1, x0, x1 in windows:
             crop = crop_image(image, y0, y1, x0, x1)
             background = None if e.background is None else np.asarray(e.background)[y0:y1, x0:x1]
             out.append(Example(crop, instances[y0:y1, x0:x1], background, e.instance_classes, e.complete))

@@ -276,7 +276,7 @@ def other_images_report(model, raws, before, class_ids) -> OtherImages:
     new classes took counts as changed); and the share of all pixels the new classes took."""
     kept = held = claimed = total = 0
     for raw, ref in zip(raws, before):
-        after, was = model.merge(raw).semantic.numpy(), ref.semantic.numpy()
+        after, was = model.merge(raw).semantic.cpu().numpy(), ref.semantic.cpu().numpy()
         old = was > 0
         kept += int((after[old] == was[old]).sum())
         held += int(old.sum())
@@ -290,7 +290,7 @@ def painted_images_report(model, raws, reference, examples: Sequence[Example], c
     the painted instances: the share of pixels whose label held, and the share the new classes took."""
     kept = claimed = total = 0
     for raw, before, example in zip(raws, reference, examples):
-        after, was = model.merge(raw).semantic.numpy(), before.semantic.numpy()
+        after, was = model.merge(raw).semantic.cpu().numpy(), before.semantic.cpu().numpy()
         outside = np.asarray(example.instances) == 0
         kept += int((after[outside] == was[outside]).sum())
         claimed += int(np.isin(after[outside], list(class_ids)).sum())

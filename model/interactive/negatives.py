@@ -1,17 +1,17 @@
-"""What the model already knows, used by a dense step: its look-alikes of the new classes, its
-confident old classes as negatives, and the post-processing rule fixed from the painting."""
+"""What the model already knows, used by Learn (both learners): its look-alikes of the new classes, its
+confident old classes as negatives; and a dense step's post-processing rule fixed from the painting."""
 
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
-from ..network.dense_segments import InstanceRule
+from ..network.dense_segments import InstanceRule, dense_maps, dense_segments
 from .config import Example, LearnConfig
 from .examples import class_index_map, known_background
 
 # Where the model, before the step, holds a pixel with at least this probability (score x mask), that pixel
-# is taken as its old class: a negative for a dense step, on unpainted pixels and on context images.
+# is taken as its old class: a negative for the new classes, on unpainted pixels and on context images.
 CONFIDENT = 0.9
 ABSORBING = 0.05  # an old class holding this share of the painted pixels is the new class's look-alike
 CONTEXT_MIN_SHARE = 0.1  # a context image helps only if the model holds this share of it confidently
@@ -44,7 +44,7 @@ def find_look_alikes(examples: Sequence[Example], references: list) -> list[int]
     counts: dict[int, int] = {}
     for e, ref in zip(examples, references):
         positive = np.asarray(e.instances) > 0
-        classes = ref.semantic.numpy()[positive]
+        classes = ref.semantic.cpu().numpy()[positive]
         for c, n in zip(*np.unique(classes[classes > 0], return_counts=True)):
             counts[int(c)] = counts.get(int(c), 0) + int(n)
         painted += int(positive.sum())
@@ -59,7 +59,7 @@ def old_class_negatives(examples: Sequence[Example], references: list, context: 
     are never taken as negatives."""
 
     def negatives(ref) -> np.ndarray:
-        return (ref.confidence.numpy() >= CONFIDENT) & ~np.isin(ref.semantic.numpy(), list(look_alikes))
+        return (ref.confidence.cpu().numpy() >= CONFIDENT) & ~np.isin(ref.semantic.cpu().numpy(), list(look_alikes))
 
     out = []
     for e, ref in zip(examples, references):
@@ -93,8 +93,6 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
     over the known pixels. A head trained with balanced classes leans towards the class at its
     boundaries; how far, and how touching instances split, then follows what the painting shows, not
     hand-set numbers. Ties go to the candidate nearest the default (foreground 0.5, core 0.5)."""
-    from ..network.dense_segments import dense_maps, dense_segments
-
     group = model.groups[-1]
     rule = group.rule
     images = []  # what the candidates do not change, made once per image
@@ -117,8 +115,6 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
 
 
 def _painted_quality(images, rule, is_thing) -> float:
-    from ..network.dense_segments import dense_segments
-
     iou_sum, tp, fp, fn = 0.0, 0, 0, 0
     stuff_inter, stuff_union = 0, 0
     for probs, distances, held, owner, queries, e in images:
