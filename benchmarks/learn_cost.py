@@ -93,7 +93,7 @@ def one_learn(model_name: str, learner: str, iterations: int, context: int) -> d
     examples = painted(size)
     others = [generate_scene(500 + k, seed=201, size=size)[0] for k in range(context)]  # other open images
     model = base_model(model_name)
-    config = LearnConfig.prompts() if learner == "prompts" else LearnConfig()
+    config = LearnConfig.for_learner(learner)
     config = replace(config, iterations=iterations)
     ticks = []
     timer = Timer(["select_deltas", "train"])

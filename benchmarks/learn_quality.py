@@ -16,8 +16,9 @@ Learners (the model learners start from the shipped base model; the peers need s
   (connected components or a distance watershed) chosen per case on the tuning split and read from
   benchmarks/peer_postprocessing.json on the held-out split;
 - upper: Learn trained on many labelled images (where a case has them), twice the iterations.
-What each learner is given: the peers get the painting only; learn also takes what the base model holds
-confidently for an old class (on the painted images and on up to 4 other open images) as negatives.
+What each learner is given: the peers get the painting only; learn and published also take what the base
+model holds confidently for an old class (on the painted images and on up to 4 other open images) as
+negatives.
 
 Cases: benchmarks/learn_cases.py. Per case, class and learner: PQ, SQ and TP/FP/FN of the class on
 held-out images (every other pixel counts as "not the class", so false positives cost); for the model
@@ -123,7 +124,7 @@ def run_model_learner(case, learner: str, base_path: Path, before: list[np.ndarr
         result = learn_classes(model, classes, config, context=case.context if learner != "upper" else [])
     except ValueError as exc:  # Learn refuses what cannot be learned, and says why
         return {"refused": str(exc)}
-    for examples in case.painted:  # the refresh the plugin does: predictions of the painted images
+    for examples in painted:  # the refresh the plugin does: predictions of the painted images
         for e in examples:
             model.predict(e.image)
     seconds = time.perf_counter() - start
@@ -201,7 +202,8 @@ def format_table(rows: dict, learners) -> str:
                 if peer_pq > 75:
                     verdict += f", errors {(100 - pq) / max(100 - peer_pq, 1e-9):.2f}"
             lines.append(f"{label:<26}" + "".join(cells) + f"{verdict:>22}")
-    lines += ["", "What each learner is given: the peers the painting only; learn also the base model's confident old "
+    lines += ["", "What each learner is given: the peers the painting only; learn and published also the base model's "
+              "confident old "
               "classes (painted and up to 4 other open images) as negatives. 'refused': the learner said the painting "
               "cannot be learned from (nothing known as background)."]
     model_learners = [n for n in learners if n in MODEL_LEARNERS]

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         f"({sum(int(e.instances.max()) for e in examples)} instances); {len(val)} held-out scenes")
 
     reference = [model.predict(e.image) for e in examples]  # before the step, as Learn
-    default = LearnConfig() if args.learner == "dense" else LearnConfig.prompts()
+    default = LearnConfig.for_learner(args.learner)
     config = replace(default, iterations=args.iterations or default.iterations, lr=args.lr or default.lr)
     result, total, snapshots = run(model, examples, args.class_name, is_thing, config, args.snapshot_every, log)
     final_pq = evaluate_new(model, val, new_id)

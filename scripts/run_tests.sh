@@ -29,7 +29,7 @@ if [ -z "${DISPLAY:-}" ]; then
         echo "no display and no xvfb-run: the napari tests will be skipped" >&2
     fi
 fi
-"${RUN[@]}" .venv/bin/python -m pytest "$@"
+${RUN[@]+"${RUN[@]}"} .venv/bin/python -m pytest "$@"
 echo "exact results again under other BLAS/oneDNN kernels (MKL_CBWR=COMPATIBLE, SSE4.2):"
 status=0
 MKL_CBWR=COMPATIBLE MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 \

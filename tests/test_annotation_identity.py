@@ -117,3 +117,24 @@ def test_a_project_keyed_by_layer_name_is_taken_over_where_the_pixels_match(tmp_
         assert (restored.planes == 1) == expect and bool(restored.refused) == (not expect)
         assert layer.data.any() == expect
     assert list(_stored(project)) == [annotations.plane_identity(_picture(6))]
+
+
+def test_background_painted_with_the_instance_layer_closed_keeps_the_instances(make_napari_viewer, qtbot, tmp_path):
+    """The instance layer closed, then background painted on the same image: the stored instances and
+    the 'every instance painted' mark stay as they were (the background layer alone says nothing
+    about them)."""
+    viewer, widget = _widget(make_napari_viewer, qtbot, tmp_path)
+    viewer.add_image(_picture(8), name="cells")
+    layer = _annotate(widget, "cells", _blobs((4, 4), (30, 30)))
+    widget.complete.click()
+    widget.flush_annotations()
+    viewer.layers.remove(layer)
+    widget.image_choice.setCurrentText("cells")
+    background = widget.add_background_layer()
+    strokes = np.zeros((64, 72), np.int32)
+    strokes[50:52] = 1
+    background.data = strokes
+    widget.flush_annotations()
+    (stored,) = _stored(widget.project).values()
+    assert np.array_equal(stored.instances, _blobs((4, 4), (30, 30))) and stored.complete
+    assert stored.background is not None and stored.background[50:52].all()

@@ -3,9 +3,9 @@
 from dataclasses import replace
 
 import numpy as np
-from scipy import ndimage
 import pytest
 import torch
+from scipy import ndimage
 
 from model import Example, LearnConfig, learn_class
 from model.network.build import build_model
@@ -164,7 +164,7 @@ def test_unknown_pixels_get_no_target():
     image, instances = _blobs(0, count=4, size=48)
     strokes = np.zeros(instances.shape, bool)
     strokes[:2] = True
-    full, partial = (ExampleSet([example], [3], [True], None, with_background=True)
+    full, partial = (ExampleSet([example], [3], [True], None)
                      for example in (Example(image, instances, complete=True), Example(image, instances, strokes)))
     labels_full, distance = dense_targets(full.sample(0, 0)[1], [3], (48, 48))
     labels_partial, _ = dense_targets(partial.sample(0, 0)[1], [3], (48, 48))
@@ -432,3 +432,11 @@ def test_the_delta_choice_keeps_the_old_classes_on_known_background():
     ref = PanopticResult(torch.ones((8, 8), dtype=torch.int32), [Segment(1, 1, False, 0.9, 64)])  # road everywhere
     ids, segments = reference_outside_new(item.gt_ids, item.gt_segments, ref, {3}, (8, 8))
     assert (ids[:4, :4] == 0).all() and (ids[instances == 0] == 1).all() and segments[0]["category_id"] == 1
+
+
+def test_learn_settings_that_cannot_work_are_refused_when_made():
+    with pytest.raises(ValueError, match="unknown learner"):
+        LearnConfig(learner="forest")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        LearnConfig(dense_crop=100)  # a window must fall on the stride-32 grid of the features
+    assert LearnConfig.for_learner("prompts").learner == "prompts" and LearnConfig(dense_crop=0).dense_crop == 0

@@ -136,6 +136,7 @@ def test_a_peer_reads_the_painting_as_learn_does_and_one_class_pq():
     assert predicted.shape == instances.shape and predicted.max() > 5
     few = np.where(instances == 1, 1, 0)
     peer.fit([[Example(image, few)]])  # the band around the one instance is the background
+    assert list(peer.forest.classes_) == [0, 1]  # it learned background (0) and the class (1)
     region = np.zeros((128, 128), np.int32)
     region[:40] = 1
     stuff = build_peer("filter forest", [False])

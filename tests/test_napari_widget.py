@@ -333,3 +333,21 @@ def test_partial_painting_with_background_is_saved_and_learned(make_napari_viewe
     assert "dense" in widget.steps.item(1).text() and "dense step" in widget.report.text()
     panoptic, _ = predict(widget, qtbot, "scene 4")
     assert NEW in set(panoptic.features["class"])
+
+
+def test_the_complete_mark_belongs_to_the_plane_shown(make_napari_viewer, qtbot, tmp_path):
+    """In a stack each plane has its own 'every instance on this image is painted' mark: the box shows
+    the mark of the plane shown and changes with it."""
+    viewer, widget = open_widget(make_napari_viewer, qtbot, tmp_path, scenes=())
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8), name="stack")
+    widget.class_name.setText("blob")
+    viewer.dims.set_current_step(0, 1)
+    squares = np.zeros((3, 48, 48), np.int32)
+    squares[1, 10:20, 10:20] = 1
+    annotate(widget, "stack", squares, complete=True)  # marks plane 1
+    viewer.dims.set_current_step(0, 2)
+    assert not widget.complete.isChecked()
+    viewer.dims.set_current_step(0, 1)
+    assert widget.complete.isChecked()
+    (stored,) = widget.project.examples_for("blob")
+    assert stored.complete

@@ -121,7 +121,6 @@ def test_widget_module_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-
 def test_the_learn_report_says_when_old_classes_were_lost():
     """The widget's report after Learn must be able to say something bad, in figures the user reads."""
     from eclipse_napari.plugin.teach_actions import _report
@@ -133,3 +132,5 @@ def test_the_learn_report_says_when_old_classes_were_lost():
     text = _report(bad)
     assert "41.2% of the pixels kept their label; the new class took 55.0%" in text
     assert "63.0% of the pixels an old class held still hold it; the new class took 35.0%" in text
+    two = LearnResult("done", 17, None, 3.0, [], PaintedImages(3, 0.9, 0.1), class_ids=[17, 18])
+    assert "the new classes took 10.0%" in _report(two)

@@ -437,7 +437,6 @@ def test_the_complete_mark_round_trips_and_old_projects_keep_their_meaning(proje
     again = Project(project.root)
     marks = {a.image_key: a.complete for a in again.examples_for("cell")}
     assert marks == {"a": True, "b": False, "c": True}
-    data = json.loads((project.root / "project.json").read_text())
     strokes = np.zeros((20, 30), bool)
     strokes[10:12] = True
     project.save_annotation("d", image + 3, cells, "cell", strokes)

@@ -3,7 +3,8 @@
 Per (new class, image layer) there is an instance layer `<class> on <image>` (label k = instance k) and,
 when the user paints "not this class", a background layer `<class> background on <image>` (any label =
 background). Each plane of the pair is stored as one annotation of the project: instances plus, if
-painted, the background mask; with background painted, Learn treats the rest of that plane as unknown.
+painted, the background mask, and whether the plane is marked complete (every instance painted; else
+Learn treats its unpainted pixels as unknown).
 Planes are stored under the identity of their pixels (`plane_identity`), never under a layer name.
 """
 
@@ -106,6 +107,7 @@ def restore(layer, image, project: Project, saved: dict, complete: dict) -> Rest
                     out.refused.append(repr(plane_name))
         if a is None or a.instances.shape != layer.data.shape[-2:]:
             continue
+        complete[(name, identity)] = a.complete  # whichever of the class's layers opens first
         if kind == BACKGROUND:
             if a.background is None:
                 continue
@@ -113,7 +115,6 @@ def restore(layer, image, project: Project, saved: dict, complete: dict) -> Rest
         else:
             layer.data[index] = a.instances
         saved[(name, identity)] = _digest(a.instances, a.background, a.complete)
-        complete[(name, identity)] = a.complete
         out.planes += 1
     layer.refresh()
     return out
@@ -124,16 +125,26 @@ def save(instance_layer, background_layer, image, project: Project, saved: dict,
     saved (`saved` maps (class, plane identity) to a hash of what the project holds; a never-saved
     empty plane counts as saved), with whether each is marked complete (`complete`, same keys). Either
     layer may be None; `image` is the image layer they were painted on (kept by the caller even if it
-    left the viewer). An emptied plane, not marked complete, removes its stored annotation."""
+    left the viewer: what the project holds for it is kept). An emptied plane, not marked complete,
+    removes its stored annotation."""
     some = instance_layer if instance_layer is not None else background_layer
     name, ids = some.metadata[L.CLASS_KEY], some.metadata[L.IDENTITY_KEY]
+    held = {} if instance_layer is not None and background_layer is not None else {
+        a.image_key: a for a in project.annotations() if a.class_name == name}
     for index, identity in ids.items():
         key = (name, identity)
         plane_shape = some.data.shape[-2:]
-        instances = (np.zeros(plane_shape, np.int32) if instance_layer is None
-                     else np.asarray(instance_layer.data[tuple(index)]).astype(np.int32))
-        background = None if background_layer is None else np.asarray(background_layer.data[tuple(index)]) > 0
-        whole = complete.get(key, False)
+        kept = held.get(identity)
+        kept = kept if kept is not None and kept.instances.shape == plane_shape else None
+        if instance_layer is not None:
+            instances = np.asarray(instance_layer.data[tuple(index)]).astype(np.int32)
+        else:
+            instances = kept.instances if kept is not None else np.zeros(plane_shape, np.int32)
+        if background_layer is not None:
+            background = np.asarray(background_layer.data[tuple(index)]) > 0
+        else:
+            background = kept.background if kept is not None else None
+        whole = complete.get(key, kept.complete if kept is not None else False)
         digest = _digest(instances, background, whole)
         nothing = not instances.any() and (background is None or not background.any()) and not whole
         if saved.get(key) == digest or (key not in saved and nothing):
@@ -169,6 +180,6 @@ def reading(stored: list) -> str:
     if partly:
         parts.append(f"{partly} image(s) partly painted: unpainted pixels there are unknown; 'not this class' is "
                      f"learned from {'your background strokes, ' if strokes else ''}a thin band around each painted "
-                     "instance and what the model already knows for sure (tick 'every instance painted' where "
+                     "instance and what the model already knows for sure (tick 'every instance on this image is painted' where "
                      "you painted them all)")
     return "; ".join(parts) + "." if parts else ""

@@ -94,6 +94,9 @@ class TeachActions:
         self.painting.set_complete(*shown, checked)
         self._save_timer.start()
 
+    def _on_plane_shown(self, *_) -> None:
+        self._sync_complete()
+
     def _sync_complete(self) -> None:
         """The checkbox shows the flag of the annotation selected (unticked for any other layer)."""
         shown = self._annotation_layer_shown()
@@ -241,14 +244,15 @@ def _report(result) -> str:
     """What the step changed, on the painted images (outside the painting) and, separately, on the other
     open images."""
     lines = []
+    new = "the new classes" if len(result.class_ids or []) > 1 else "the new class"
     p = result.painted
     if p is not None:
         lines.append(f"Painted images, outside the painted instances: {100 * p.kept:.1f}% of the pixels kept "
-                     f"their label; the new class took {100 * p.claimed:.1f}%.")
+                     f"their label; {new} took {100 * p.claimed:.1f}%.")
     o = result.others
     if o is not None:
         lines.append(f"Other open images ({o.images}, not painted): {100 * o.kept:.1f}% of the pixels an old class "
-                     f"held still hold it; the new class took {100 * o.claimed:.1f}% of all pixels.")
+                     f"held still hold it; {new} took {100 * o.claimed:.1f}% of all pixels.")
     return "".join(f"<br>{line}" for line in lines)
 
 

@@ -74,6 +74,7 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         for layer in self.viewer.layers:
             self._watch_name(layer)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.viewer.dims.events.current_step.connect(self._on_plane_shown)  # a stack's planes have their own mark
         self._refresh_layer_choices()
         self.threads.setValue(threads or max(1, (os.cpu_count() or 2) - 1))  # one core stays with the GUI
         self._start(self._load_session, model_folder, on_done=self._on_loaded, state=State.LOADING)
@@ -101,8 +102,8 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
         self.class_kind.addItems(["thing", "stuff"])
         self.annotate_button = button("Annotate selected image", self.add_annotation_layer)
         self.background_button = button("Paint background", self.add_background_layer)
-        self.background_button.setToolTip("paint 'not this class' beside a few instances: the rest of the image "
-                                          "then counts as unknown, so you need not paint every instance")
+        self.background_button.setToolTip("paint 'not this class' on the image being annotated: with a few "
+                                          "instances painted, these strokes say where the class is not")
         self.complete = QCheckBox("every instance on this image is painted")
         self.complete.setToolTip("ticked: the rest of this image is 'not this class'; unticked (paint a few "
                                  "instances first): the rest is unknown, and 'not this class' is learned from "

@@ -16,8 +16,8 @@ class Example:
     is painted), none of the step's classes. Otherwise (the default: people paint a few instances
     first) they are unknown, except what is known to be background: the `background` the user
     painted ("not this class"), a thin band around each painted thing instance (the user painted the
-    instance whole, so just outside it is not that instance; `examples.known_background`), and, for a
-    dense step, what the model already holds confidently for an old class.
+    instance whole, so just outside it is not that instance; `examples.known_background`), and what
+    the model already holds confidently for an old class.
     """
 
     image: np.ndarray  # [H,W], [H,W,3|4] or [3,H,W], uint8 or float in 0..255
@@ -81,6 +81,8 @@ class LearnConfig:
     def __post_init__(self) -> None:
         if self.learner not in LEARNERS:
             raise ValueError(f"unknown learner {self.learner!r}; choose from {list(LEARNERS)}")
+        if self.dense_crop < 0 or self.dense_crop % 32:
+            raise ValueError(f"dense_crop must be 0 or a positive multiple of 32, got {self.dense_crop}")
 
     @staticmethod
     def for_learner(learner: str, **changes) -> "LearnConfig":

@@ -1,5 +1,5 @@
 """Painted examples as the engine sees them: checks, several classes' paintings of one image merged,
-and the training targets (one mask per painted instance, plus known background for dense steps)."""
+and the training targets (one mask per painted instance, plus the known background)."""
 
 import hashlib
 from collections.abc import Sequence
@@ -74,7 +74,7 @@ def class_index_map(example: Example) -> dict[int, int]:
     return {i: tags.get(i, 0) for i in ids}
 
 
-def _target(example: Example, class_ids: list[int], is_thing: list[bool], with_background: bool) -> dict:
+def _target(example: Example, class_ids: list[int], is_thing: list[bool]) -> dict:
     instances = np.asarray(example.instances)
     masks, labels = [], []
     classes = class_index_map(example)
@@ -88,11 +88,10 @@ def _target(example: Example, class_ids: list[int], is_thing: list[bool], with_b
         else:  # a stuff class is one region
             masks.append(np.isin(instances, ids))
             labels.append(class_id)
-    if with_background:
-        known = known_background(example, is_thing)
-        if known.any():
-            masks.append(known)
-            labels.append(0)
+    known = known_background(example, is_thing)  # label 0: the losses learn only where the painting says
+    if known.any():
+        masks.append(known)
+        labels.append(0)
     return {"labels": torch.tensor(labels, dtype=torch.int64),
             "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, *instances.shape, dtype=bool)}
 
@@ -119,13 +118,13 @@ def known_background(example: Example, is_thing: Sequence[bool]) -> np.ndarray:
 
 class ExampleSet:
     """The engine's view of the examples: one mask per painted instance (the whole painted region for
-    stuff), labelled with its class id, plus, for dense steps, known background as masks labelled 0.
+    stuff), labelled with its class id, plus the known background as a mask labelled 0.
     `weights`: how often each example is drawn (painted images more than context images); None = evenly."""
 
     def __init__(self, examples: Sequence[Example], class_ids: list[int], is_thing: list[bool],
-                 augment: AugmentConfig | None, with_background: bool, weights: Sequence[float] | None = None):
+                 augment: AugmentConfig | None, weights: Sequence[float] | None = None):
         self.images = [to_chw_tensor(e.image).round().clamp(0, 255).to(torch.uint8) for e in examples]
-        self.targets = [_target(e, list(class_ids), list(is_thing), with_background) for e in examples]
+        self.targets = [_target(e, list(class_ids), list(is_thing)) for e in examples]
         self.transform = TrainTransform(augment) if augment is not None else None
         self.weights = None if weights is None else (np.asarray(weights, float) / np.sum(weights)).tolist()
 

@@ -12,7 +12,6 @@ tensors and rule put back).
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ def learn_classes(
     cancel: Callable[[], bool] | None = None,
 ) -> LearnResult:
     """Teaches the model new classes in one step. `context`: other images (unpainted; they may show the
-    classes too): a dense step takes what the model already holds confidently there as negatives, so
+    classes too): Learn takes what the model already holds confidently there as negatives, so
     the new classes do not spill onto what the model knew; the result reports what the step changed
     there (`LearnResult.others`) apart from the painted images."""
     classes = _checked(model, classes)
@@ -104,7 +103,7 @@ def refine_last_step(
         raise ValueError("the newest step was learned by an earlier version of this program and cannot be "
                          "retrained: remove it and Learn its classes again (the painting is kept)")
     if config.learner != ("dense" if dense else "prompts"):  # the step's kind decides; keep the iterations
-        config = replace(LearnConfig() if dense else LearnConfig.prompts(), iterations=config.iterations)
+        config = LearnConfig.for_learner("dense" if dense else "prompts", iterations=config.iterations)
     saved = {k: v.detach().clone() for k, v in group.state_dict().items()}
     saved_rule, saved_deltas = getattr(group, "rule", None), model.deltas
     # The step's own predictions are not "what the model knew": the references come from the model as
@@ -193,7 +192,7 @@ class _Prepared:
     def train_and_report(self, model, device, callback, cancel) -> LearnResult:
         config = self.config
         class_ids = model.class_ids(model.num_steps)
-        data = ExampleSet(list(self.examples) + self.extra, class_ids, self.is_thing, config.augment, True,
+        data = ExampleSet(list(self.examples) + self.extra, class_ids, self.is_thing, config.augment,
                           self.weights)
         train_config = TrainConfig(
             iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,

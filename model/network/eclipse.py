@@ -10,7 +10,7 @@ from torch import nn
 from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
 from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
-from .dense_head import DENSE_INPUTS, DenseHead, DenseInputs, dense_input_channels
+from .dense_head import BACKBONE_INPUTS, DENSE_INPUTS, DenseHead, DenseInputs, dense_input_channels
 from .dense_segments import InstanceRule, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
 from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits, semantic_inference
@@ -49,7 +49,8 @@ class Encoded:
     def nbytes(self) -> int:
         tensors = [self.mask_features, *self.memories]
         if self.dense is not None:
-            tensors += [self.dense.image] + [self.dense.levels[k] for k in ("res2", "res3", "res4", "res5")]
+            # the decoder's own maps are the tensors above; the backbone's levels and the image are extra
+            tensors += [self.dense.image] + [self.dense.levels[k] for k in BACKBONE_INPUTS if k in self.dense.levels]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -68,3 +68,28 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, distance: torch.Tenso
         mask = known[:, None].expand_as(target)
         loss_dist = F.binary_cross_entropy_with_logits(up[:, [c + k for k in things]], target, reduction="none")[mask].mean()
     return {"loss": loss_fg + loss_dist, "loss_foreground": loss_fg, "loss_distance": loss_dist}
+
+
+def dense_window(entry, side: int, seed: int, iteration: int, k: int):
+    """A training sample (inputs, [labels, distance]) cut to a `side` window (aligned to 32 pixels)
+    around a pixel the painting says something about: half the time one of the classes, else any known
+    one (a few painted instances on a large image would otherwise rarely fall in a window). Drawn from
+    (seed, iteration, k); the whole sample where it is not larger than the window (or `side` is 0)."""
+    inputs, (labels, distance) = entry
+    h, w = labels.shape  # the padded size: multiples of 32
+    if not side or (h <= side and w <= side):
+        return entry
+    rng = np.random.default_rng([seed, 17, iteration, k])
+    height, width = min(side, h), min(side, w)
+    flat = labels.reshape(-1)
+    pool = torch.nonzero(flat > 0).flatten() if rng.random() < 0.5 else torch.empty(0, dtype=torch.long)
+    if pool.numel() == 0:
+        pool = torch.nonzero(flat != UNKNOWN).flatten()
+    if pool.numel():
+        py, px = divmod(int(pool[int(rng.integers(0, pool.numel()))]), w)
+    else:
+        py, px = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y0 = 32 * int(np.clip(round((py - height / 2) / 32), 0, (h - height) // 32))
+    x0 = 32 * int(np.clip(round((px - width / 2) / 32), 0, (w - width) // 32))
+    window = (slice(y0, y0 + height), slice(x0, x0 + width))
+    return inputs.crop(y0, x0, height, width), [labels[window], distance[window]]

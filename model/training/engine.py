@@ -27,7 +27,7 @@ from ..network.decoder import DecoderMemory
 from ..network.dense_head import DenseInputs
 from ..network.eclipse import EclipseModel
 from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
-from .dense import UNKNOWN, dense_loss, dense_targets
+from .dense import dense_loss, dense_targets, dense_window
 from .feature_cache import FeatureCache, features_nbytes
 from .progress import Progress, RunState
 
@@ -233,7 +233,7 @@ class Trainer:
                 return inputs, list(dense_targets(target, class_ids, tuple(x.shape[-2:])))
 
             entry = self.cache.get((index, variant), compute) if self.config.augment_variants > 0 else compute()
-            entry = self._dense_window(entry, iteration, k)
+            entry = dense_window(entry, self.config.dense_crop, self.config.seed, iteration, k)
             by_size.setdefault(tuple(entry[1][0].shape), []).append(entry)
         parts: dict = {}
         for items in by_size.values():
@@ -241,36 +241,15 @@ class Trainer:
             labels = torch.stack([t[0] for _, t in items]).to(self.device)
             distance = torch.stack([t[1] for _, t in items]).to(self.device)
             losses = dense_loss(fine, labels, distance, is_thing)
+            # Deep supervision of the stride-4 context. Without a full-resolution path (the default) `fine` is
+            # `coarse` upsampled and this is the same loss again: a total weight of 1 + DENSE_COARSE_WEIGHT,
+            # which the learning rate and clip norm were tuned with.
             coarse_losses = dense_loss(coarse, labels, distance, is_thing)
             losses["loss"] = losses["loss"] + DENSE_COARSE_WEIGHT * coarse_losses["loss"]
             for k, v in losses.items():
                 parts[k] = parts.get(k, 0.0) + v * (len(items) / len(plan))
         return parts
 
-    def _dense_window(self, entry, iteration: int, k: int):
-        """Sample `k` of an iteration cut to a `dense_crop` window (aligned to 32 pixels) around a pixel
-        the painting says something about: half the time one of the class, else any known one (a few
-        painted instances on a large image would otherwise rarely fall in a window). Drawn from
-        (seed, iteration, k); the whole sample where it is not larger than the window."""
-        inputs, (labels, distance) = entry
-        side = self.config.dense_crop
-        h, w = labels.shape  # the padded size: multiples of 32
-        if not side or (h <= side and w <= side):
-            return entry
-        rng = np.random.default_rng([self.config.seed, 17, iteration, k])
-        height, width = min(side, h), min(side, w)
-        flat = labels.reshape(-1)
-        pool = torch.nonzero(flat > 0).flatten() if rng.random() < 0.5 else torch.empty(0, dtype=torch.long)
-        if pool.numel() == 0:
-            pool = torch.nonzero(flat != UNKNOWN).flatten()
-        if pool.numel():
-            py, px = divmod(int(pool[int(rng.integers(0, pool.numel()))]), w)
-        else:
-            py, px = int(rng.integers(0, h)), int(rng.integers(0, w))
-        y0 = 32 * int(np.clip(round((py - height / 2) / 32), 0, (h - height) // 32))
-        x0 = 32 * int(np.clip(round((px - width / 2) / 32), 0, (w - width) // 32))
-        window = (slice(y0, y0 + height), slice(x0, x0 + width))
-        return inputs.crop(y0, x0, height, width), [labels[window], distance[window]]
 
     def step(self) -> float:
         """One optimisation step; raises NonFiniteLossError without touching the weights."""
