@@ -86,10 +86,13 @@ def main(argv=None) -> int:
         widget.complete.click()
     widget.flush_annotations()
     widget.learner.setCurrentIndex(widget.learner.findData(args.learner))
+    # The refresh starts from a timer after Learn's result arrives: wait for it to have started too.
+    refreshing, refresh = [], widget._repredict
+    widget._repredict = lambda: (refreshing.append(True), refresh())
     start = time.perf_counter()
     widget.learn()
     wait(lambda: widget.state == State.LEARNING)
-    wait(lambda: ready() and widget.last_learn is not None)
+    wait(lambda: ready() and widget.last_learn is not None and bool(refreshing))
     seconds = time.perf_counter() - start
     result = widget.last_learn
     if result.state != "done":
