@@ -224,7 +224,7 @@ def test_look_alikes_are_the_old_classes_on_the_painted_pixels_however_unsure():
     ref = SimpleNamespace(semantic=semantic, confidence=confidence)
     example = Example(np.zeros((20, 20, 3), np.uint8), instances, np.zeros((20, 20), bool))
     assert find_look_alikes([example], [ref]) == [4, 6]
-    _, extra = old_class_negatives([example], [ref], [np.zeros((20, 20, 3), np.uint8)], [ref], [4, 6])
+    _, extra, _ = old_class_negatives([example], [ref], [np.zeros((20, 20, 3), np.uint8)], [ref], [4, 6])
     negatives = extra[0].background
     assert negatives[10:15].all() and not negatives[15:].any()  # sure class 2 is taught as "not it"; 4 never
 

@@ -217,13 +217,13 @@ def test_known_background_makes_the_rest_unknown_to_the_losses():
         assert torch.equal(losses["plain"][k], losses["everything"][k]), k
     assert not torch.equal(losses["plain"]["loss_mask_0"], losses["painted"]["loss_mask_0"])
     # A query whose mask lies on the unknown middle is not taught "no object" there.
-    from model.training.losses import split_background, unmatched_on_unknown
+    from model.training.losses import split_background, unknown_shares, unmatched_on_unknown
 
     on_unknown = torch.full((1, 3, 8, 8), -10.0)
     on_unknown[0, 2, :, 2:4] = 10.0  # query 2 covers columns 8..15: unknown pixels only
     on_unknown[0, 1, :, 6:8] = 10.0  # query 1 covers the known background
     _, known = split_background(painted)
-    ignored = unmatched_on_unknown(on_unknown, [(torch.tensor([0]), torch.tensor([0]))], known)
+    ignored = unmatched_on_unknown(on_unknown, [(torch.tensor([0]), torch.tensor([0]))], unknown_shares(known, (8, 8)))
     assert ignored.tolist() == [[False, False, True]]
     assert unmatched_on_unknown(on_unknown, [(torch.tensor([0]), torch.tensor([0]))], [None]) is None
 

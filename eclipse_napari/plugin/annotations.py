@@ -129,22 +129,25 @@ def save(instance_layer, background_layer, image, project: Project, saved: dict,
     removes its stored annotation."""
     some = instance_layer if instance_layer is not None else background_layer
     name, ids = some.metadata[L.CLASS_KEY], some.metadata[L.IDENTITY_KEY]
-    held = {} if instance_layer is not None and background_layer is not None else {
-        a.image_key: a for a in project.annotations() if a.class_name == name}
     for index, identity in ids.items():
         key = (name, identity)
         plane_shape = some.data.shape[-2:]
-        kept = held.get(identity)
-        kept = kept if kept is not None and kept.instances.shape == plane_shape else None
+        held_instances, held_background, held_complete = None, None, False
+        if instance_layer is None or background_layer is None:  # the closed layer's part stays as stored
+            held = project.stored_parts(identity, name, instance_layer is None, background_layer is None)
+            if held is not None:
+                held_instances, held_background, held_complete = held
         if instance_layer is not None:
             instances = np.asarray(instance_layer.data[tuple(index)]).astype(np.int32)
+        elif held_instances is not None and held_instances.shape == plane_shape:
+            instances = held_instances
         else:
-            instances = kept.instances if kept is not None else np.zeros(plane_shape, np.int32)
+            instances = np.zeros(plane_shape, np.int32)
         if background_layer is not None:
             background = np.asarray(background_layer.data[tuple(index)]) > 0
         else:
-            background = kept.background if kept is not None else None
-        whole = complete.get(key, kept.complete if kept is not None else False)
+            background = held_background if held_background is not None and held_background.shape == plane_shape else None
+        whole = complete.get(key, held_complete)
         digest = _digest(instances, background, whole)
         nothing = not instances.any() and (background is None or not background.any()) and not whole
         if saved.get(key) == digest or (key not in saved and nothing):

@@ -250,6 +250,16 @@ class Project:
         entries = sorted((e for e in self._entries if e["class"] == class_name), key=lambda e: e["image"])
         return [a for a in self._read(entries) if a.instances.any() or a.background is not None or a.complete]
 
+    def stored_parts(self, image_key: str, class_name: str, instances: bool, background: bool):
+        """What is stored for one class on one image, reading only the masks asked for (not the image):
+        (instances or None, background or None, complete), or None where nothing is stored."""
+        e = self._entry(image_key, class_name)
+        if e is None:
+            return None
+        inst = read_png(self.root / e["file"], np.uint16).astype(np.int32) if instances else None
+        back = read_png(self.root / e["background"], np.uint8) > 0 if background and e.get("background") else None
+        return inst, back, bool(e.get("complete", False))
+
     # ------------------------------------------------------------------ index
 
     def _category(self, name: str) -> dict[str, Any] | None:

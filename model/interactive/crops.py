@@ -51,8 +51,7 @@ def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
             painted = painted | np.asarray(e.background, bool)
         windows = _windows(painted, side)
         if not windows and e.complete:  # marked complete with nothing painted: an example without the class
-            y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-            windows = [(y0, min(y0 + side, h), x0, min(x0 + side, w))]
+            windows = [_centre_window(h, w, side)]
         for y0, y1, x0, x1 in windows:
             crop = crop_image(image, y0, y1, x0, x1)
             background = None if e.background is None else np.asarray(e.background)[y0:y1, x0:x1]
@@ -60,10 +59,15 @@ def crop_to_painting(examples: Sequence[Example], side: int) -> list[Example]:
     return out
 
 
+def _centre_window(h: int, w: int, side: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the central window of at most side x side."""
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return y0, min(y0 + side, h), x0, min(x0 + side, w)
+
+
 def centre_crop(image, side: int):
     """The central side x side window of an image larger than that (context images), else the image."""
     h, w = image_size(image)
     if max(h, w) <= side:
         return image
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return crop_image(np.asarray(image), y0, y0 + side, x0, x0 + side)
+    return crop_image(np.asarray(image), *_centre_window(h, w, side))

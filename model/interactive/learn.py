@@ -176,10 +176,10 @@ class _Prepared:
         # (on the painted images and on up to `max_context` other open images).
         used = _spread(list(range(len(self.context))), config.max_context)
         look_alikes = find_look_alikes(self.examples, self.reference)
-        self.examples, self.extra = old_class_negatives(
+        self.examples, self.extra, kept = old_class_negatives(
             self.examples, self.reference, [self.context[i] for i in used], [self.context_refs[i] for i in used],
             look_alikes)
-        self.extra_of = [used[k] for k in _kept_context(self.extra, [self.context[i] for i in used])]
+        self.extra_of = [used[k] for k in kept]  # which context image each extra example is
         if not any(known_background(e, self.is_thing).any() for e in self.examples + self.extra):
             raise ValueError("nothing says where the new classes are not: paint some background ('Paint "
                              "background'), or mark an image whose every instance is painted as complete")
@@ -222,11 +222,6 @@ class _Prepared:
         others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, painted_report, table, others, class_ids)
-
-
-def _kept_context(extra: Sequence[Example], context: Sequence) -> list[int]:
-    """Which of `context` each extra example (a context image kept as negatives) is."""
-    return [next(k for k, image in enumerate(context) if image is e.image) for e in extra]
 
 
 def _spread(items: Sequence, count: int) -> list:

@@ -56,7 +56,8 @@ def old_class_negatives(examples: Sequence[Example], references: list, context: 
     """Examples with the pixels the model already holds confidently for an old class added as known
     background: on the unpainted pixels of partly painted examples, and on context images (unpainted
     images, which may hold the new class too, so only such pixels count). The new class's look-alikes
-    are never taken as negatives."""
+    are never taken as negatives. Returns (the examples, the context images kept as examples, which
+    of `context` each of those is)."""
 
     def negatives(ref) -> np.ndarray:
         return (ref.confidence.cpu().numpy() >= CONFIDENT) & ~np.isin(ref.semantic.cpu().numpy(), list(look_alikes))
@@ -67,12 +68,13 @@ def old_class_negatives(examples: Sequence[Example], references: list, context: 
             painted = np.zeros(np.shape(e.instances), bool) if e.background is None else np.asarray(e.background, bool)
             e = Example(e.image, e.instances, painted | negatives(ref), e.instance_classes)
         out.append(e)
-    extra = []
-    for image, ref in zip(context, context_refs):
+    extra, kept = [], []
+    for k, (image, ref) in enumerate(zip(context, context_refs)):
         known = negatives(ref)
         if known.mean() >= CONTEXT_MIN_SHARE:
             extra.append(Example(image, np.zeros(known.shape, np.int32), known))
-    return out, extra
+            kept.append(k)
+    return out, extra, kept
 
 
 # Thresholds a dense step may take: the foreground probability above which a pixel is its class, and the

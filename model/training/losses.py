@@ -263,6 +263,8 @@ class SetCriterion(nn.Module):
         generator = generator if generator is not None else self.generator
         first = predictions[0]["logits"]
         targets, known = split_background(targets)
+        known = [None if k is None else k.to(first.device, torch.float32) for k in known]  # once, not per layer
+        unknown: dict = {}  # mask size -> per image the unknown share of each mask pixel (alike for every layer)
         validate_targets(targets, self.num_classes, first.shape[0])
         num_masks = reduce_num_masks(sum(len(t["labels"]) for t in targets), first.device)
 
@@ -281,7 +283,10 @@ class SetCriterion(nn.Module):
                 )
             indices = self.matcher(logits, mask_logits, targets, generator=generator)
             loss_bce, loss_dice = self.mask_losses(mask_logits, targets, indices, num_masks, generator, known)
-            ignored = unmatched_on_unknown(mask_logits, indices, known)
+            size = tuple(mask_logits.shape[-2:])
+            if size not in unknown:
+                unknown[size] = unknown_shares(known, size)
+            ignored = unmatched_on_unknown(mask_logits, indices, unknown[size])
             losses[f"loss_class_{i}"] = self.class_weight * self.class_loss(logits, targets, indices, ignored)
             losses[f"loss_mask_{i}"] = self.mask_weight * loss_bce
             losses[f"loss_dice_{i}"] = self.dice_weight * loss_dice
@@ -289,21 +294,30 @@ class SetCriterion(nn.Module):
         return losses
 
 
-def unmatched_on_unknown(mask_logits: torch.Tensor, indices, known: list[torch.Tensor | None]) -> torch.Tensor | None:
+def unknown_shares(known: list[torch.Tensor | None], size: tuple[int, int]) -> list[torch.Tensor | None]:
+    """Per image, the share of each pixel of a `size` map that the painting says nothing about (`known`:
+    [H,W] where it says something, or None: everything known)."""
+    with torch.no_grad():
+        return [None if k is None else
+                F.interpolate(1 - k.float()[None, None], size=size, mode="area")[0, 0] for k in known]
+
+
+def unmatched_on_unknown(mask_logits: torch.Tensor, indices, unknown: list[torch.Tensor | None]) -> torch.Tensor | None:
     """[B,Q] bool: unmatched queries whose mask lies mostly on pixels the painting says nothing about
-    (an instance nobody painted is not "no object"); None where every image is known everywhere."""
-    if all(k is None for k in known):
+    (an instance nobody painted is not "no object"; `unknown`: `unknown_shares` at the masks' size);
+    None where every image is known everywhere."""
+    if all(u is None for u in unknown):
         return None
-    batch, queries, h, w = mask_logits.shape
+    batch, queries = mask_logits.shape[:2]
     out = torch.zeros(batch, queries, dtype=torch.bool, device=mask_logits.device)
     with torch.no_grad():
-        for b, k in enumerate(known):
-            if k is None:
+        for b, share in enumerate(unknown):
+            if share is None:
                 continue
-            unknown = F.interpolate((~k).to(mask_logits.device, torch.float32)[None, None], size=(h, w), mode="area")[0, 0]
+            unknown_here = share.to(mask_logits.device)
             found = mask_logits[b].float() > 0  # [Q,h,w]
             area = found.flatten(1).sum(1).clamp(min=1)
-            on_unknown = (found * unknown).flatten(1).sum(1) / area
+            on_unknown = (found * unknown_here).flatten(1).sum(1) / area
             ignored = on_unknown > 0.5
             ignored[indices[b][0].to(ignored.device)] = False  # matched queries learn as usual
             out[b] = ignored
