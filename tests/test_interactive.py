@@ -400,6 +400,8 @@ def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
 
     group = model.groups[-1]
     head = group.head
+    if head.pixel_stage is not None:
+        head.pixel_stage.blend.zero_()  # the head alone decides what the step claims
     with torch.no_grad():  # a step that finds nothing: everything kept
         for conv in [head.coarse] + ([head.refine[-1]] if head.refine is not None else []):
             conv.weight.zero_()

@@ -11,6 +11,7 @@ Cancel or any failure leaves the model exactly as before (the new step removed, 
 tensors and rule put back).
 """
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,9 @@ from ..evaluation.deltas import select_deltas
 from ..network.eclipse import EclipseModel, RawPrediction, to_chw_tensor
 from ..network.postprocess import PanopticResult
 from ..training.criterion import LossConfig
+from ..training.dense import dense_targets
 from ..training.engine import TrainConfig, train
+from ..training.pixel_stage import PixelFitConfig, fit_pixel_stage
 from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages, PaintedImages
 from .crops import centre_crop, crop_to_painting
@@ -61,7 +64,7 @@ def learn_classes(
         with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
             torch.manual_seed(config.seed)
             model.add_dense_step(names, is_thing, colors, config.dense_hidden, config.dense_fine, config.dense_inputs,
-                                 prepared.rule, config.dense_filters)
+                                 prepared.rule, config.dense_filters, config.dense_forest_trees > 0)
     else:
         model.add_step(names, is_thing, config.num_prompts, colors)
     try:  # from here on, any failure removes the step again
@@ -121,6 +124,7 @@ def refine_last_step(
         group.rule = prepared.rule
 
     def put_back():
+        _resize_forest(group, saved)
         group.load_state_dict(saved)
         if dense:
             group.rule = saved_rule
@@ -136,6 +140,14 @@ def refine_last_step(
         put_back()
     result.refined = result.state == RunState.DONE
     return result
+
+
+def _resize_forest(group, state: dict) -> None:
+    """A refit pixel stage's forest may differ in size from the one in `state`: sized back to it."""
+    stage = getattr(getattr(group, "head", None), "pixel_stage", None)
+    if stage is not None:
+        stage.forest.resize(state["head.pixel_stage.forest.feature"].numel(),
+                            state["head.pixel_stage.forest.roots"].numel())
 
 
 def _checked(model, classes: Sequence[NewClass]) -> list[NewClass]:
@@ -201,6 +213,16 @@ class _Prepared:
             **({} if self.dense else {"loss": LossConfig(num_points=config.num_points)}),
         )
         result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
+        if result.state == RunState.DONE and self.dense and model.groups[-1].head.pixel_stage is not None:
+            if cancel is not None and cancel():
+                result.state = RunState.CANCELLED
+            else:
+                start = time.perf_counter()
+                model.eval()
+                fit_pixel_stage(model.groups[-1].head, self._pixel_entries(model, data, class_ids),
+                                PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed),
+                                threads=torch.get_num_threads())
+                result.seconds += time.perf_counter() - start
         if result.state == RunState.CANCELLED:
             return LearnResult(RunState.CANCELLED, None, None, result.seconds, result.losses, None)
         model.eval()
@@ -222,6 +244,19 @@ class _Prepared:
         others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, painted_report, table, others, class_ids)
+
+
+    def _pixel_entries(self, model, data: ExampleSet, class_ids: list[int]) -> list:
+        """(DenseInputs, labels) of every painted image and every context image kept as negatives, as
+        painted (not augmented): what the pixel stage is fitted on."""
+        frozen = list(range(len(self.examples))) + [len(self.examples) + i for i in self.extra_of]
+        entries = []
+        for k, index in enumerate(frozen):
+            encoded = self.frozen.encode(model, index)
+            inputs = encoded.dense
+            labels, _ = dense_targets(data.targets[k], class_ids, tuple(inputs.image.shape[-2:]))
+            entries.append((inputs, labels))
+        return entries
 
 
 def _spread(items: Sequence, count: int) -> list:
@@ -253,10 +288,14 @@ class FrozenImages:
     def _encode(self, model, image):
         return model.encode_images(to_chw_tensor(image)[None], dense=self.dense)
 
+    def encode(self, model: EclipseModel, index: int):
+        """The frozen features of image `index` (kept, or made again)."""
+        return self.encoded[index] or self._encode(model, self.images[index])
+
     @torch.no_grad()
     def infer(self, model: EclipseModel, index: int) -> RawPrediction:
         """The model's raw prediction of image `index`, as `model.infer` gives it."""
-        encoded = self.encoded[index] or self._encode(model, self.images[index])
+        encoded = self.encode(model, index)
         return model.infer_encoded(encoded)
 
     @torch.no_grad()

@@ -9,6 +9,8 @@ itself. The levels meet at stride 4 (a 1x1 projection each, summed, two 3x3 conv
 whose logits are upsampled to the image's resolution. Optionally (`fine` > 0) a light path adds to them
 at full resolution what two 3x3 convolutions read from a fixed filter bank of the pixels; Learn leaves
 it out, as it did not improve the tuning split (see `model.interactive.config.LearnConfig.dense_fine`).
+What Learn adds instead is a pixel stage (`pixel_stage`): a random forest fitted after the head on the
+pixels' filter bank and the head's logits, whose probabilities are blended with the head's.
 
 Per class the head predicts a foreground logit and, for thing classes, a normalised distance to the
 instance boundary (1 at an instance's centre, 0 at its edge); `dense_segments` turns them into
@@ -24,6 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .image_filters import ImageFilters
+from .pixel_stage import PixelStage
 
 # What a dense head may read: backbone levels, then the pixel decoder's mask features and memories.
 BACKBONE_INPUTS = ("res2", "res3", "res4", "res5")
@@ -82,60 +87,6 @@ def dense_input_channels(backbone_channels: dict[str, int], hidden_dim: int) -> 
     return {**{n: int(backbone_channels[n]) for n in BACKBONE_INPUTS}, **{n: hidden_dim for n in DECODER_INPUTS}}
 
 
-class ImageFilters(nn.Module):
-    """A fixed filter bank of the image, the per-pixel features filter-bank pixel classifiers (ilastik,
-    APOC) read: per colour channel and scale sigma in `sigmas`, the Gaussian-smoothed intensity, its
-    gradient magnitude and the two eigenvalues of its Hessian; plus the image itself. No parameters:
-    [B, 3, H, W] normalised image -> [B, 3 + 12 * len(sigmas), H, W]."""
-
-    def __init__(self, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)):
-        super().__init__()
-        self.sigmas = tuple(float(s) for s in sigmas)
-        for k, sigma in enumerate(self.sigmas):
-            radius = int(round(3 * sigma))
-            x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-            g = torch.exp(-0.5 * (x / sigma) ** 2)
-            self.register_buffer(f"gauss{k}", g / g.sum(), persistent=False)
-
-    @property
-    def channels(self) -> int:
-        return 3 + 12 * len(self.sigmas)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = [image]
-        for k in range(len(self.sigmas)):
-            g = getattr(self, f"gauss{k}").to(image.dtype)
-            smooth = _separable(image, g)
-            dy, dx = _derivative(smooth, 2), _derivative(smooth, 3)
-            dyy, dxx = _second(smooth, 2), _second(smooth, 3)
-            dxy = _derivative(dx, 2)
-            half_trace, root = (dxx + dyy) / 2, torch.sqrt(((dxx - dyy) / 2) ** 2 + dxy**2 + 1e-12)
-            out += [smooth, torch.sqrt(dx**2 + dy**2 + 1e-12), half_trace + root, half_trace - root]
-        return torch.cat(out, 1)
-
-
-def _separable(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Gaussian smoothing of every channel (the border pixels repeated outwards)."""
-    c, r = x.shape[1], kernel.numel() // 2
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def _derivative(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Central difference along dim 2 (rows) or 3 (columns)."""
-    pad = (0, 0, 1, 1) if dim == 2 else (1, 1, 0, 0)
-    x = F.pad(x, pad, mode="replicate")
-    return (x.narrow(dim, 2, x.shape[dim] - 2) - x.narrow(dim, 0, x.shape[dim] - 2)) / 2
-
-
-def _second(x: torch.Tensor, dim: int) -> torch.Tensor:
-    pad = (0, 0, 1, 1) if dim == 2 else (1, 1, 0, 0)
-    x = F.pad(x, pad, mode="replicate")
-    n = x.shape[dim] - 2
-    return x.narrow(dim, 2, n) - 2 * x.narrow(dim, 1, n) + x.narrow(dim, 0, n)
-
-
 def _conv3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1)
 
@@ -152,7 +103,7 @@ class DenseHead(nn.Module):
     output_stride = 1
 
     def __init__(self, inputs: dict[str, int], num_classes: int, hidden: int = 32, fine: int = 0,
-                 filters: bool = True):
+                 filters: bool = True, pixel: bool | dict = False):
         super().__init__()
         unknown = sorted(set(inputs) - set(DENSE_INPUTS))
         if unknown or not inputs:
@@ -180,10 +131,15 @@ class DenseHead(nn.Module):
         if self.refine is not None:
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
+        # pixel: a pixel stage, fitted after the head (see `pixel_stage`); a dict: a fitted one's sizes.
+        self.pixel_stage = None
+        if pixel:
+            self.pixel_stage = PixelStage(num_classes, pixel if isinstance(pixel, dict) else None)
 
     def forward_both(self, x: DenseInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits at the image's resolution, logits at stride 4). Computed in channels-last memory
-        (about 1.5x faster on CPU); callers may pass it so already (`DenseInputs.channels_last`)."""
+        """(logits at the image's resolution, logits at stride 4) without the pixel stage: what the head's
+        own training optimises. Computed in channels-last memory (about 1.5x faster on CPU); callers may
+        pass it so already (`DenseInputs.channels_last`)."""
         x = x.channels_last()
         size = (x.image.shape[-2] // 4, x.image.shape[-1] // 4)
         f = sum(_resize(self.project[k](x.levels[k]), size) for k in self.inputs)
@@ -199,13 +155,21 @@ class DenseHead(nn.Module):
         fine = up + self.refine(torch.cat([_resize(self.reduce(f), full) + self.pixel(pixels), up], 1))
         return fine, coarse
 
+    def pixel_inputs(self, x: DenseInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, logits at the image's resolution): what the pixel stage reads and corrects."""
+        logits, _ = self.forward_both(x)
+        return x.image, logits
+
     def forward(self, x: DenseInputs) -> torch.Tensor:
-        return self.forward_both(x)[0]
+        if self.pixel_stage is None:
+            return self.forward_both(x)[0]
+        return self.pixel_stage(*self.pixel_inputs(x))
 
     def layout(self) -> dict:
         """What rebuilds this head (a step file's metadata)."""
         return {"version": 2, "inputs": self.inputs, "hidden": self.hidden, "fine": self.fine,
-                "filters": self.use_filters}
+                "filters": self.use_filters,
+                "pixel": False if self.pixel_stage is None else (self.pixel_stage.layout() or True)}
 
 
 class StrideFourHead(nn.Module):
@@ -240,7 +204,9 @@ def build_dense_head(layout: dict, num_classes: int, input_channels: dict[str, i
     wrong = {k: (v, input_channels.get(k)) for k, v in inputs.items() if input_channels.get(k) != v}
     if wrong:
         raise ValueError(f"the step's head reads inputs this model does not have (name: (step, model)): {wrong}")
-    return DenseHead(inputs, num_classes, int(layout["hidden"]), int(layout["fine"]), bool(layout["filters"]))
+    # "pixel": written since the pixel stage exists (files before it have none)
+    return DenseHead(inputs, num_classes, int(layout["hidden"]), int(layout["fine"]), bool(layout["filters"]),
+                     layout.get("pixel", False))
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

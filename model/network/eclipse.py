@@ -141,14 +141,16 @@ class EclipseModel(nn.Module):
 
     @torch.no_grad()
     def add_dense_step(self, class_names, is_thing, colors=None, hidden: int = 32, fine: int = 0,
-                       inputs=DENSE_INPUTS, rule: InstanceRule | None = None, filters: bool = True) -> DenseGroup:
+                       inputs=DENSE_INPUTS, rule: InstanceRule | None = None, filters: bool = True,
+                       pixel: bool = False) -> DenseGroup:
         """Adds a dense step (a per-pixel head on the frozen features and the image, see `dense_head`;
         no queries) and freezes everything else; earlier steps' outputs stay bit-identical and no
         deltas change. `inputs`: which frozen maps the head reads; `filters`: whether its full-resolution
-        path reads a fixed filter bank of the image (else the image alone)."""
+        path reads a fixed filter bank of the image (else the image alone); `pixel`: whether it has a pixel
+        stage (a forest fitted after the head, see `pixel_stage`)."""
         classes = self._new_classes(class_names, is_thing, colors)
         channels = self.dense_input_channels
-        head = DenseHead({k: channels[k] for k in inputs}, len(classes), hidden, fine, filters)
+        head = DenseHead({k: channels[k] for k in inputs}, len(classes), hidden, fine, filters, pixel)
         group = DenseGroup(classes, head, rule).to(self.pixel_mean.device)
         group.previous_deltas = self.deltas
         self.decoder.groups.append(group)

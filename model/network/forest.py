@@ -1,0 +1,101 @@
+"""A random forest as tensors: fitted by scikit-learn, evaluated in torch, saved as plain tensors.
+
+A step file must load without unpickling (safetensors), so a fitted forest is kept as the arrays of
+its trees, all trees' nodes in one table: for node n, `feature[n]` and `threshold[n]` (go to
+`branches[n, 0]` when x[feature] <= threshold, else `branches[n, 1]`; a leaf's children are itself)
+and `value[n]` (the class shares of the training pixels that reached it). `roots[t]` is tree t's first
+node. The forest's prediction is the mean of its trees' leaf shares, as scikit-learn's
+`predict_proba`, exactly: its float64 thresholds are stored as the largest float32 not above them,
+which splits float32 features the same way.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+_CHUNK = 16384  # pixels evaluated at once (bounds the [pixels, trees] index tables)
+
+
+class TreeEnsemble(nn.Module):
+    """[N, F] float features -> [N, K] class probabilities. Built empty with the sizes a step file
+    records (`layout`), then filled by `set_trees` or by loading the step's tensors."""
+
+    def __init__(self, nodes: int = 0, trees: int = 0, classes: int = 2, depth: int = 0):
+        super().__init__()
+        self.register_buffer("depth", torch.tensor(int(depth), dtype=torch.int64))  # the deepest tree's depth
+        self.register_buffer("feature", torch.zeros(nodes, dtype=torch.int32))
+        self.register_buffer("threshold", torch.zeros(nodes, dtype=torch.float32))
+        self.register_buffer("branches", torch.zeros(nodes, 2, dtype=torch.int32))
+        self.register_buffer("value", torch.zeros(nodes, classes, dtype=torch.float32))
+        self.register_buffer("roots", torch.zeros(trees, dtype=torch.int32))
+
+    @property
+    def fitted(self) -> bool:
+        return self.roots.numel() > 0
+
+    def layout(self) -> dict:
+        return {"nodes": self.feature.numel(), "trees": self.roots.numel(), "classes": self.value.shape[1],
+                "depth": int(self.depth)}
+
+    def resize(self, nodes: int, trees: int) -> None:
+        """Empty tables of these sizes (what loading a forest of those sizes into this one needs)."""
+        classes, device = self.value.shape[1], self.value.device
+        self.feature = torch.zeros(nodes, dtype=torch.int32, device=device)
+        self.threshold = torch.zeros(nodes, dtype=torch.float32, device=device)
+        self.branches = torch.zeros(nodes, 2, dtype=torch.int32, device=device)
+        self.value = torch.zeros(nodes, classes, dtype=torch.float32, device=device)
+        self.roots = torch.zeros(trees, dtype=torch.int32, device=device)
+
+    def set_trees(self, forest, classes: int) -> None:
+        """Takes the trees of a fitted `sklearn.ensemble.RandomForestClassifier` whose labels are
+        0..classes-1 (some may be missing from its training pixels: they get probability 0)."""
+        features, thresholds, children, values, roots = [], [], [], [], []
+        offset, depth = 0, 0
+        columns = np.asarray(forest.classes_, dtype=np.int64)
+        for estimator in forest.estimators_:
+            tree = estimator.tree_
+            n = tree.node_count
+            leaf = tree.children_left < 0
+            shares = tree.value[:, 0, :].astype(np.float64)
+            shares /= np.maximum(shares.sum(1, keepdims=True), 1e-12)
+            value = np.zeros((n, classes), np.float32)
+            value[:, columns] = shares
+            roots.append(offset)
+            own = np.arange(n) + offset
+            features.append(np.where(leaf, 0, tree.feature))
+            thresholds.append(_float32_at_most(np.where(leaf, 0.0, tree.threshold)))
+            children.append(np.stack([np.where(leaf, own, tree.children_left + offset),
+                                      np.where(leaf, own, tree.children_right + offset)], 1))
+            values.append(value)
+            offset += n
+            depth = max(depth, int(tree.max_depth))
+        device = self.feature.device
+        self.feature = torch.from_numpy(np.concatenate(features).astype(np.int32)).to(device)
+        self.threshold = torch.from_numpy(np.concatenate(thresholds)).to(device)
+        self.branches = torch.from_numpy(np.concatenate(children).astype(np.int32)).to(device)
+        self.value = torch.from_numpy(np.concatenate(values)).to(device)
+        self.roots = torch.tensor(roots, dtype=torch.int32, device=device)
+        self.depth = torch.tensor(depth, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            raise ValueError("this forest has not been fitted")
+        x = x.float()
+        feature, children, roots = self.feature.long(), self.branches.long().reshape(-1), self.roots.long()
+        out = []
+        for rows in torch.split(x, _CHUNK):
+            node = roots.expand(rows.shape[0], -1)  # [n, T]
+            for _ in range(int(self.depth)):
+                go_right = rows.gather(1, feature[node]) > self.threshold[node]
+                node = children[2 * node + go_right]
+            out.append(self.value[node].mean(1))
+        return torch.cat(out) if out else x.new_zeros(0, self.value.shape[1])
+
+
+def _float32_at_most(values: np.ndarray) -> np.ndarray:
+    """The largest float32 not above each float64: for a float32 x, x <= t exactly when x <= this."""
+    rounded = values.astype(np.float32)
+    above = rounded.astype(np.float64) > values
+    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+    return rounded

@@ -1,0 +1,132 @@
+"""A dense step's pixel stage: the forest kept as tensors predicts what scikit-learn's does, an unfitted
+stage changes nothing, a fitted one travels in the step file, and Refine puts a refit forest back."""
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_step, save_step
+from model.network.build import build_model
+from model.network.config import tiny_config
+from model.network.eclipse import to_chw_tensor
+from model.network.forest import TreeEnsemble
+from model.training.pixel_stage import PixelFitConfig, fit_pixel_stage
+
+sklearn = pytest.importorskip("sklearn.ensemble")
+
+
+def test_the_forest_as_tensors_predicts_exactly_what_scikit_learn_predicts():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 12)).astype(np.float32)
+    y = np.where(x[:, 0] + x[:, 1] ** 2 > 1, 3, 0) + (x[:, 2] > 1.2)  # labels 0, 1, 3, 4: 2 never occurs
+    forest = sklearn.RandomForestClassifier(20, max_depth=12, random_state=0, class_weight="balanced").fit(x, y)
+    trees = TreeEnsemble(classes=5)
+    trees.set_trees(forest, 5)
+    # The training pixels lie on both sides of every threshold (the midpoints between their values).
+    for data in (x, rng.normal(size=(2000, 12)).astype(np.float32)):
+        ours = trees(torch.from_numpy(data)).numpy()
+        theirs = forest.predict_proba(data)
+        assert np.allclose(ours[:, forest.classes_], theirs, atol=1e-6, rtol=0)
+        assert (ours[:, 2] == 0).all()
+        assert np.array_equal(ours.argmax(1), forest.classes_[theirs.argmax(1)])
+    with pytest.raises(ValueError, match="not been fitted"):
+        TreeEnsemble()(torch.zeros(3, 12))
+
+
+def _model():
+    torch.manual_seed(0)
+    m = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    m.add_dense_step(["cell", "medium"], [True, False], pixel=True)
+    with torch.no_grad():  # a head that says something
+        for p in m.groups[-1].head.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return m.eval()
+
+
+def _entries(model, image, labels):
+    inputs = model.encode_images(to_chw_tensor(image)[None]).dense
+    return [(inputs, torch.from_numpy(labels))]
+
+
+def _painting(seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 60, (64, 96, 3)).astype(np.uint8)
+    image[10:30, 10:30] += 150  # bright squares are cells, a blue band is the medium
+    image[40:55, 60:80] += 150
+    image[:, 85:, 2] = 250
+    labels = np.zeros((64, 96), np.int64)
+    labels[10:30, 10:30] = labels[40:55, 60:80] = 1
+    labels[:, 85:] = 2
+    labels[:5] = -1  # unknown pixels
+    return image, labels
+
+
+def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_file(tmp_path):
+    model = _model()
+    head = model.groups[-1].head
+    image, labels = _painting()
+    inputs = _entries(model, image, labels)[0][0]
+    with torch.no_grad():
+        assert torch.equal(head(inputs), head.forward_both(inputs)[0])
+    assert head.layout()["pixel"] is True
+    fit_pixel_stage(head, _entries(model, image, labels), PixelFitConfig(trees=8))
+    with torch.no_grad():
+        fitted = head(inputs)
+        probs = fitted[0, :2].sigmoid()
+    assert not torch.equal(fitted, head.forward_both(inputs)[0])
+    assert torch.equal(fitted[:, 2:], head.forward_both(inputs)[0][:, 2:])  # distances pass unchanged
+    # The forest learned the painting: the cells' pixels lean to "cell", the band's to "medium".
+    assert probs[0, 15:25, 15:25].mean() > 0.5 > probs[0, 35:40, 35:50].mean()
+    assert probs[1, 20:60, 88:95].mean() > 0.5
+    layout = head.layout()["pixel"]
+    assert layout["trees"] == 8 and layout["classes"] == 3 and layout["nodes"] == head.pixel_stage.forest.feature.numel()
+
+    before = model.predict(image)
+    save_step(model, 1, tmp_path / "step.safetensors")
+    model.remove_last_step()
+    loaded = load_step(model, tmp_path / "step.safetensors")
+    assert loaded.head.layout() == head.layout()
+    after = model.predict(image)
+    assert torch.equal(before.panoptic_seg, after.panoptic_seg) and before.segments == after.segments
+
+
+def test_refine_that_fails_after_refitting_puts_the_forest_back_exactly(monkeypatch):
+    from model.interactive import learn as learn_module
+    from model.interactive.config import Example, LearnConfig, NewClass
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    image, labels = _painting()
+    cells = np.where(labels == 1, 1, 0).astype(np.int32)
+    cells[40:55, 60:80] *= 2  # two instances
+    config = LearnConfig(iterations=4, dense_forest_trees=4)
+    examples = [Example(image, cells, complete=True)]
+    learn_module.learn_classes(model, [NewClass("cell", True, examples)], config)
+    stage = model.groups[-1].head.pixel_stage
+    assert stage.forest.fitted
+    saved = {k: v.clone() for k, v in model.groups[-1].state_dict().items()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("after the refit")
+
+    monkeypatch.setattr(learn_module, "choose_thresholds", fail)
+    more = [Example(image, cells, complete=True), Example(np.flipud(image).copy(), np.flipud(cells).copy(), complete=True)]
+    with pytest.raises(RuntimeError, match="after the refit"):
+        learn_module.refine_last_step(model, [NewClass("cell", True, more)], LearnConfig(iterations=4, dense_forest_trees=9))
+    state = model.groups[-1].state_dict()
+    assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert stage.forest.roots.numel() == 4
+
+
+def test_the_forest_weighs_in_the_blend_only_where_its_out_of_bag_predictions_beat_the_head():
+    from model.training.pixel_stage import blend_weights
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 4000)  # background, class 1, class 2
+    truth = np.stack([labels == 1, labels == 2], 1).astype(float)
+    noise = rng.uniform(0, 1, truth.shape)
+    sharp, vague = 0.9 * truth + 0.05, 0.3 + 0.4 * noise  # a classifier that knows, one that guesses
+    forest = np.stack([sharp[:, 0], vague[:, 1]], 1)  # the forest knows class 1 only, the head class 2 only
+    head = np.stack([vague[:, 0], sharp[:, 1]], 1)
+    assert blend_weights(forest, head, labels) == [1.0, 0.0]
+    assert blend_weights(head, head, labels) == [0.5, 0.5]  # no better: the middle
