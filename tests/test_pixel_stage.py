@@ -79,7 +79,8 @@ def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_
     assert probs[0, 15:25, 15:25].mean() > 0.5 > probs[0, 35:40, 35:50].mean()
     assert probs[1, 20:60, 88:95].mean() > 0.5
     layout = head.layout()["pixel"]
-    assert layout["trees"] == 8 and layout["classes"] == 3 and layout["nodes"] == head.pixel_stage.forest.feature.numel()
+    assert layout["trees"] == 8 and layout["classes"] == 3
+    assert layout["nodes"] == head.pixel_stage.forest.feature.numel()
 
     before = model.predict(image)
     save_step(model, 1, tmp_path / "step.safetensors")
@@ -110,9 +111,11 @@ def test_refine_that_fails_after_refitting_puts_the_forest_back_exactly(monkeypa
         raise RuntimeError("after the refit")
 
     monkeypatch.setattr(learn_module, "choose_thresholds", fail)
-    more = [Example(image, cells, complete=True), Example(np.flipud(image).copy(), np.flipud(cells).copy(), complete=True)]
+    flipped = Example(np.flipud(image).copy(), np.flipud(cells).copy(), complete=True)
+    more = [Example(image, cells, complete=True), flipped]
     with pytest.raises(RuntimeError, match="after the refit"):
-        learn_module.refine_last_step(model, [NewClass("cell", True, more)], LearnConfig(iterations=4, dense_forest_trees=9))
+        learn_module.refine_last_step(model, [NewClass("cell", True, more)],
+                                      LearnConfig(iterations=4, dense_forest_trees=9))
     state = model.groups[-1].state_dict()
     assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
     assert stage.forest.roots.numel() == 4

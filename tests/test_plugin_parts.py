@@ -134,3 +134,17 @@ def test_the_learn_report_says_when_old_classes_were_lost():
     assert "63.0% of the pixels an old class held still hold it; the new class took 35.0%" in text
     two = LearnResult("done", 17, None, 3.0, [], PaintedImages(3, 0.9, 0.1), class_ids=[17, 18])
     assert "the new classes took 10.0%" in _report(two)
+
+
+def test_the_learn_report_says_what_the_pixel_forest_weighs_and_when_it_was_dropped():
+    from types import SimpleNamespace
+
+    from eclipse_napari.plugin.teach_actions import _how
+
+    def result(delta=None, share=()):
+        return SimpleNamespace(delta=delta, forest_share=list(share))
+
+    assert _how(result(0.5), ["cell"]) == "an ECLIPSE prompt step, δ = 0.5"
+    assert _how(result(), ["cell"]) == "a dense step"
+    assert "dropped" in _how(result(share=[0.0, 0.0]), ["nucleus", "gland"])
+    assert _how(result(share=[0.75, 0.0]), ["nucleus", "gland"]).endswith("nucleus 75%, gland 0%")

@@ -229,7 +229,7 @@ class TeachActions:
             self._notify("Learning cancelled; the model is unchanged")
         else:
             names = ", ".join(self.session.classes[i - 1].name for i in result.class_ids)
-            how = "a dense step" if result.delta is None else f"an ECLIPSE prompt step, δ = {result.delta:g}"
+            how = _how(result, [self.session.classes[i - 1].name for i in result.class_ids])
             verb = "Refined" if result.refined else "Learned"
             what = f"{names} (the newest step)" if result.refined else names
             self.report.setText(f"{verb} <b>{what}</b> in {result.seconds:.0f} s ({how}).{_report(result)}"
@@ -238,6 +238,18 @@ class TeachActions:
         self._refresh_model()
         QTimer.singleShot(0, self._repredict)
 
+
+
+def _how(result, names: list[str]) -> str:
+    """Which kind of step Learn made, and for a dense step what its pixel forest weighs per class."""
+    if result.delta is not None:
+        return f"an ECLIPSE prompt step, δ = {result.delta:g}"
+    if not result.forest_share:
+        return "a dense step"
+    if not any(result.forest_share):
+        return "a dense step; its pixel forest did no better than the head on the painting and was dropped"
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in zip(names, result.forest_share))
+    return f"a dense step; the pixel forest's share: {shares}"
 
 
 def _report(result) -> str:

@@ -116,7 +116,8 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
                         self.background_button), self.complete, self.teach_info)
 
         self.learner = QComboBox(toolTip="how Learn learns the new classes: a dense step (a per-pixel head on "
-                                 "the frozen features: any number of instances, boundaries at full resolution) "
+                                 "the frozen features and a random forest on the pixels: any number of "
+                                 "instances, boundaries at full resolution) "
                                  "or ECLIPSE's prompt step as published (10 prompts through the frozen decoder)")
         for learner in LEARNERS:
             self.learner.addItem(LEARNER_NAMES[learner], learner)

@@ -115,6 +115,9 @@ class LearnResult:
     others: "OtherImages | None" = None  # what the step changed on the other open images given as context
     class_ids: list[int] = field(default_factory=list)  # every class of the step
     refined: bool = False  # the newest step retrained (warm start), not a new step
+    # A dense step's pixel stage: per class, the forest's share of the blend with the head (empty: no stage;
+    # all zero: the head alone, no forest kept).
+    forest_share: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -242,9 +242,10 @@ class _Prepared:
             model.set_deltas(deltas)
         painted_report = painted_images_report(model, painted, self.reference, self.examples, class_ids)
         others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
+        stage = getattr(model.groups[-1].head, "pixel_stage", None) if self.dense else None
+        share = [] if stage is None else [float(w) if stage.forest.fitted else 0.0 for w in stage.blend.tolist()]
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
-                           result.losses, painted_report, table, others, class_ids)
-
+                           result.losses, painted_report, table, others, class_ids, forest_share=share)
 
     def _pixel_entries(self, model, data: ExampleSet, class_ids: list[int]) -> list:
         """(DenseInputs, labels) of every painted image and every context image kept as negatives, as

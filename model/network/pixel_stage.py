@@ -3,8 +3,9 @@
 The dense head (see `dense_head`) sees the image through the frozen features at stride 4: it knows
 what a region is, but not where its boundary runs nor the colour of a ten-pixel nucleus. Pixel
 classifiers (ilastik, APOC, convpaint) fit a random forest on a filter bank of the pixels; from a few
-painted strokes a forest generalises where a network extrapolates wildly (measured: a small MLP on the
-same filter bank, trained on the same pixels, found a third of the nuclei the forest found). The pixel
+painted strokes a forest generalises where a network extrapolates (measured on the tuning half of the
+ihc case with a few painted nuclei: a 2-layer MLP on the same filter bank and pixels reached a pixel
+IoU of 0.19-0.53 with the nuclei, the forest 0.70). The pixel
 stage stacks such a forest on the head, as ilastik's autocontext stacks a second classifier on the
 first: per pixel it reads the image's filter bank (the peers' scales, 1 to 16) and the head's logits
 (upsampled; the head's context features as well measured worse on the tuning split: a stuff class
@@ -26,10 +27,10 @@ PIXEL_SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class PixelStage(nn.Module):
-    """(image [B, 3, H, W], the head's logits [B, 2C, H, W]) -> logits whose
-    C foreground channels are the log-odds of a blend of the forest's and the head's probabilities, the
-    forest weighing `blend` (per class; the distance channels pass unchanged). `forest`: the sizes of a fitted forest (a step file's
-    layout; None: empty, to be fitted)."""
+    """(image [B, 3, H, W], the head's logits [B, 2C, H, W]) -> logits whose C foreground channels are
+    the log-odds of a blend of the forest's and the head's probabilities, the forest weighing `blend`
+    (per class); the distance channels pass unchanged. `forest`: the sizes of a fitted forest (a step
+    file's layout; None: empty, to be fitted)."""
 
     def __init__(self, num_classes: int, forest: dict | None = None):
         super().__init__()

@@ -1,11 +1,11 @@
 """Fitting a dense step's pixel stage (see `model.network.pixel_stage`) once its head has trained.
 
 The painted images and the context images (each as painted: unknown pixels say nothing) give a table
-of known pixels: each pixel's filter responses, the head's context features and logits there, and its
-label (0: known background, k: the step's k-th class). A sample of it, at most `positives` pixels of
-each class and `negatives` of the background per image, fits a scikit-learn random forest with
-balanced class weights (as the peers in benchmarks/peers.py and the head's own loss balance them),
-which the stage then keeps as tensors. The images are the ones painted, not augmented: the forest
+of known pixels: each pixel's filter responses and the head's logits there, and its label (0: known
+background, k: the step's k-th class). A sample of it, at most `positives` pixels of each class and
+`negatives` of the background per image, fits a scikit-learn random forest with balanced class
+weights (as the peers in benchmarks/peers.py and the head's own loss balance them), which the stage
+then keeps as tensors. The images are the ones painted, not augmented: the forest
 reads colours and fine texture, which the head's colour and scale jitter would blur.
 """
 
