@@ -90,6 +90,18 @@ def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_
     after = model.predict(image)
     assert torch.equal(before.panoptic_seg, after.panoptic_seg) and before.segments == after.segments
 
+    # A damaged forest (a branch out of range, in a file whose checksum holds: written so by a faulty
+    # program) is refused on load with a clear message.
+    from model.io.model_files import CheckpointError
+    from model.io.tensor_files import load_tensor_file, save_tensor_file
+
+    tensors, metadata = load_tensor_file(tmp_path / "step.safetensors")
+    tensors["head.pixel_stage.forest.branches"][0, 0] = 10**6
+    save_tensor_file(tmp_path / "damaged.safetensors", tensors, "eclipse-step", metadata)
+    model.remove_last_step()
+    with pytest.raises(CheckpointError, match="pixel forest is damaged"):
+        load_step(model, tmp_path / "damaged.safetensors")
+
 
 def test_refine_that_fails_after_refitting_puts_the_forest_back_exactly(monkeypatch):
     from model.interactive import learn as learn_module

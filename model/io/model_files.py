@@ -151,6 +151,12 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
             raise CheckpointError(f"{path}: the step file has no valid 'content' tensor")
         group = QueryGroup(content.shape[0], model.config.hidden_dim, classes, position_sets, owns_no_object)
     load_exact(group, tensors, path, "step")
+    stage = getattr(getattr(group, "head", None), "pixel_stage", None)
+    if stage is not None:
+        try:
+            stage.forest.check(stage.in_channels)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: the dense step's pixel forest is damaged ({exc})") from exc
     group.previous_deltas = model.deltas
     model.decoder.groups.append(group.to(model.pixel_mean.device))
     model.set_deltas(deltas)

@@ -37,6 +37,23 @@ class TreeEnsemble(nn.Module):
         return {"nodes": self.feature.numel(), "trees": self.roots.numel(), "classes": self.value.shape[1],
                 "depth": int(self.depth)}
 
+    def check(self, num_features: int) -> None:
+        """Raises ValueError unless the tables describe trees over `num_features` features (a damaged
+        step file would otherwise fail, or index out of range, at prediction)."""
+        nodes = self.feature.numel()
+        if self.threshold.numel() != nodes or self.branches.shape != (nodes, 2) or self.value.shape[0] != nodes:
+            raise ValueError("the forest's node tables differ in length")
+        if nodes and (int(self.feature.min()) < 0 or int(self.feature.max()) >= num_features):
+            raise ValueError(f"the forest reads features outside 0..{num_features - 1}")
+        if nodes and (int(self.branches.min()) < 0 or int(self.branches.max()) >= nodes):
+            raise ValueError("the forest's branches point outside its nodes")
+        if self.roots.numel() and (int(self.roots.min()) < 0 or int(self.roots.max()) >= nodes):
+            raise ValueError("the forest's roots point outside its nodes")
+        if not bool(torch.isfinite(self.value).all()) or not bool(torch.isfinite(self.threshold).all()):
+            raise ValueError("the forest holds non-finite values")
+        if int(self.depth) < 0 or int(self.depth) > 64:
+            raise ValueError(f"the forest's depth {int(self.depth)} is out of range")
+
     def resize(self, nodes: int, trees: int) -> None:
         """Empty tables of these sizes (what loading a forest of those sizes into this one needs)."""
         classes, device = self.value.shape[1], self.value.device
