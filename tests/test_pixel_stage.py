@@ -4,6 +4,7 @@ stage changes nothing, a fitted one travels in the step file, and Refine puts a 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from model import load_step, save_step
 from model.network.build import build_model
@@ -49,14 +50,16 @@ def _entries(model, image, labels):
 
 
 def _painting(seed=0):
+    """Bright squares are cells, a blue band is the medium; large enough that both folds of the
+    cross-fitting's 64-pixel checkerboard hold cells, medium and background."""
     rng = np.random.default_rng(seed)
-    image = rng.integers(0, 60, (64, 96, 3)).astype(np.uint8)
-    image[10:30, 10:30] += 150  # bright squares are cells, a blue band is the medium
-    image[40:55, 60:80] += 150
-    image[:, 85:, 2] = 250
-    labels = np.zeros((64, 96), np.int64)
-    labels[10:30, 10:30] = labels[40:55, 60:80] = 1
-    labels[:, 85:] = 2
+    image = rng.integers(0, 60, (128, 192, 3)).astype(np.uint8)
+    labels = np.zeros((128, 192), np.int64)
+    for y, x in ((10, 10), (80, 140), (20, 90), (90, 30)):
+        image[y : y + 20, x : x + 20] += 150
+        labels[y : y + 20, x : x + 20] = 1
+    image[:, 170:, 2] = 250
+    labels[:, 170:] = 2
     labels[:5] = -1  # unknown pixels
     return image, labels
 
@@ -69,15 +72,21 @@ def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_
     with torch.no_grad():
         assert torch.equal(head(inputs), head.forward_both(inputs)[0])
     assert head.layout()["pixel"] is True
-    fit_pixel_stage(head, _entries(model, image, labels), PixelFitConfig(trees=8))
+    (honest,) = fit_pixel_stage(head, _entries(model, image, labels), PixelFitConfig(trees=8), honest=1)
     with torch.no_grad():
         fitted = head(inputs)
         probs = fitted[0, :2].sigmoid()
+    # The cross-fitted logits (each pixel judged by a forest that did not see its square) are less sure of
+    # the painted pixels than the forest fitted on them all.
+    assert honest.shape == fitted.shape and not torch.equal(honest, fitted)
+    painted = torch.from_numpy(labels >= 0)
+    assert honest[0, :2][:, painted].abs().mean() < fitted[0, :2][:, painted].abs().mean()
     assert not torch.equal(fitted, head.forward_both(inputs)[0])
     assert torch.equal(fitted[:, 2:], head.forward_both(inputs)[0][:, 2:])  # distances pass unchanged
     # The forest learned the painting: the cells' pixels lean to "cell", the band's to "medium".
-    assert probs[0, 15:25, 15:25].mean() > 0.5 > probs[0, 35:40, 35:50].mean()
-    assert probs[1, 20:60, 88:95].mean() > 0.5
+    assert probs[0, 15:25, 15:25].mean() > 0.5 > probs[0, 50:60, 60:80].mean()
+    assert probs[1, 20:100, 174:190].mean() > 0.5
+    assert head.pixel_stage.blend.tolist() != [0.0, 0.0]
     layout = head.layout()["pixel"]
     assert layout["trees"] == 8 and layout["classes"] == 3
     assert layout["nodes"] == head.pixel_stage.forest.feature.numel()
@@ -110,8 +119,7 @@ def test_refine_that_fails_after_refitting_puts_the_forest_back_exactly(monkeypa
     torch.manual_seed(0)
     model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
     image, labels = _painting()
-    cells = np.where(labels == 1, 1, 0).astype(np.int32)
-    cells[40:55, 60:80] *= 2  # two instances
+    cells = ndimage.label(labels == 1)[0].astype(np.int32)  # four instances
     config = LearnConfig(iterations=4, dense_forest_trees=4)
     examples = [Example(image, cells, complete=True)]
     learn_module.learn_classes(model, [NewClass("cell", True, examples)], config)

@@ -13,6 +13,7 @@ tensors and rule put back).
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -213,15 +214,16 @@ class _Prepared:
             **({} if self.dense else {"loss": LossConfig(num_points=config.num_points)}),
         )
         result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
+        honest = None  # the painted images' dense logits with the pixel forest cross-fitted
         if result.state == RunState.DONE and self.dense and model.groups[-1].head.pixel_stage is not None:
             if cancel is not None and cancel():
                 result.state = RunState.CANCELLED
             else:
                 start = time.perf_counter()
                 model.eval()
-                fit_pixel_stage(model.groups[-1].head, self._pixel_entries(model, data, class_ids),
-                                PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed),
-                                threads=torch.get_num_threads())
+                honest = fit_pixel_stage(model.groups[-1].head, self._pixel_entries(model, data, class_ids),
+                                         PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed),
+                                         threads=torch.get_num_threads(), honest=len(self.examples))
                 result.seconds += time.perf_counter() - start
         if result.state == RunState.CANCELLED:
             return LearnResult(RunState.CANCELLED, None, None, result.seconds, result.losses, None)
@@ -230,7 +232,11 @@ class _Prepared:
         painted, other = raws[: len(self.examples)], raws[len(self.examples):]
         table = []
         if self.dense:
-            choose_thresholds(model, painted, self.reference, self.examples, self.is_thing)
+            # Thresholds are chosen on the painting; with a pixel forest, on its cross-fitted predictions
+            # (a forest predicting the very pixels it was fitted on is sure of them, and thresholds chosen
+            # there were too strict for any other image).
+            judged = painted if honest is None else [_with_dense_logits(r, h) for r, h in zip(painted, honest)]
+            choose_thresholds(model, judged, self.reference, self.examples, self.is_thing)
         else:
             # Scored as painted: known background (and what the model held for sure on the other open
             # images) counts against the new classes, unknown pixels count for nothing.
@@ -258,6 +264,11 @@ class _Prepared:
             labels, _ = dense_targets(data.targets[k], class_ids, tuple(inputs.image.shape[-2:]))
             entries.append((inputs, labels))
         return entries
+
+
+def _with_dense_logits(raw: RawPrediction, logits: torch.Tensor) -> RawPrediction:
+    """`raw` with the newest dense step's logits replaced."""
+    return replace(raw, dense_logits=[*raw.dense_logits[:-1], logits.to(raw.dense_logits[-1])])
 
 
 def _spread(items: Sequence, count: int) -> list:

@@ -9,7 +9,6 @@ then keeps as tensors. The images are the ones painted, not augmented: the fores
 reads colours and fine texture, which the head's colour and scale jitter would blur.
 """
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,14 +28,24 @@ class PixelFitConfig:
     seed: int = 0
 
 
+BLOCK = 64  # side of the squares that cross-fitting holds out together (neighbouring pixels look alike)
+
+
+def _fold(entry: int, index: np.ndarray, width: int) -> np.ndarray:
+    """Which of the two cross-fitting folds each pixel (flat `index` into a `width`-wide map) of entry
+    `entry` falls in: a checkerboard of BLOCK-sized squares."""
+    return (entry + (index // width) // BLOCK + (index % width) // BLOCK) % 2
+
+
 @torch.no_grad()
-def pixel_table(head, entries: Sequence, config: PixelFitConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, F] float32, labels [N] int64) of a sample of the known pixels of `entries`
-    ((DenseInputs, labels [H, W]) pairs at the padded size; labels -1 unknown, 0 background, k class)."""
+def pixel_table(head, entries: Sequence, config: PixelFitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features [N, F] float32, labels [N] int64, folds [N]) of a sample of the known pixels of
+    `entries` ((DenseInputs, labels [H, W]) pairs at the padded size; labels -1 unknown, 0 background, k
+    class); `folds`: each pixel's cross-fitting fold (`_fold`)."""
     rng = np.random.default_rng(config.seed)
     stage = head.pixel_stage
-    rows, targets = [], []
-    for inputs, labels in entries:
+    rows, targets, folds = [], [], []
+    for n, (inputs, labels) in enumerate(entries):
         flat = labels.reshape(-1).cpu().numpy()
         chosen = []
         for value in np.unique(flat):
@@ -49,42 +58,97 @@ def pixel_table(head, entries: Sequence, config: PixelFitConfig) -> tuple[np.nda
             chosen.append(where)
         if not chosen:
             continue
-        index = torch.from_numpy(np.concatenate(chosen))
+        index = np.concatenate(chosen)
         features = stage.features(*head.pixel_inputs(inputs))[0]  # [F, H, W]
-        rows.append(features.reshape(features.shape[0], -1)[:, index.to(features.device)].T.float().cpu().numpy())
-        targets.append(flat[index.numpy()])
+        picked = torch.from_numpy(index).to(features.device)
+        rows.append(features.reshape(features.shape[0], -1)[:, picked].T.float().cpu().numpy())
+        targets.append(flat[index])
+        folds.append(_fold(n, index, labels.shape[-1]))
     if not rows:
         raise ValueError("no painted pixels to fit the pixel stage on")
-    return np.concatenate(rows), np.concatenate(targets).astype(np.int64)
+    return np.concatenate(rows), np.concatenate(targets).astype(np.int64), np.concatenate(folds)
 
 
-def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitConfig(), threads: int = 1) -> None:
-    """Fits `head.pixel_stage`'s forest on the known pixels of `entries` (see `pixel_table`), and each
-    class's share of the forest in the blend (`blend_weights`). Where the forest has no share in any
-    class, it is dropped (the stage then changes nothing and costs nothing)."""
+def _forest(config: PixelFitConfig, trees: int, threads: int, seed: int):
     from sklearn.ensemble import RandomForestClassifier
 
-    features, labels = pixel_table(head, entries, config)
+    return RandomForestClassifier(trees, max_depth=config.max_depth, min_samples_leaf=config.min_samples_leaf,
+                                  class_weight="balanced", n_jobs=max(int(threads), 1), random_state=seed)
+
+
+def _shares(forest, x: np.ndarray, classes: int) -> np.ndarray:
+    """[N, classes] probabilities of every label 0..classes-1 (those the forest never saw: 0)."""
+    out = np.zeros((len(x), classes))
+    out[:, forest.classes_] = forest.predict_proba(x)
+    return out
+
+
+def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitConfig(), threads: int = 1,
+                    honest: int = 0) -> list[torch.Tensor]:
+    """Fits `head.pixel_stage`'s forest on the known pixels of `entries` (see `pixel_table`) and each
+    class's share of it in the blend with the head. Where the forest has no share in any class it is
+    dropped (the stage then changes nothing and costs nothing).
+
+    The share is chosen on honest predictions: by cross-fitting, two more forests are fitted, each on
+    the pixels of one fold of a checkerboard of BLOCK-sized squares, and each predicts the other fold
+    (a pixel's own neighbours, which look like it, are held out with it: a forest's out-of-bag votes,
+    whose trees saw the pixel next door, proved as optimistic as its fit). Returns, for the first
+    `honest` entries, the stage's logits [1, 2C, H, W] made the same way (each pixel's forest part from
+    the forest that did not see its square): what thresholds are chosen on without the forest's
+    memory of the painting deciding them."""
+    features, labels, folds = pixel_table(head, entries, config)
     if not (labels == 0).any() or not (labels > 0).any():
         raise ValueError("the pixel stage needs pixels of the classes and of known background")
-    forest = RandomForestClassifier(config.trees, max_depth=config.max_depth, min_samples_leaf=config.min_samples_leaf,
-                                    class_weight="balanced", n_jobs=max(int(threads), 1), random_state=config.seed,
-                                    oob_score=True)
-    with warnings.catch_warnings():  # a few pixels drawn into every tree's sample have no out-of-bag vote
-        warnings.simplefilter("ignore", UserWarning)
-        forest.fit(features, labels)
     c = head.num_classes
     stage = head.pixel_stage
+    forest = _forest(config, config.trees, threads, config.seed).fit(features, labels)
     stage.forest.set_trees(forest, c + 1)
-    votes = np.nan_to_num(forest.oob_decision_function_, nan=0.0)
-    voted = votes.sum(1) > 0.5  # pixels no tree left out have no estimate (NaN or zeros, by version)
-    out_of_bag = np.zeros((int(voted.sum()), c + 1))
-    out_of_bag[:, forest.classes_] = votes[voted]
-    head_probs = 1 / (1 + np.exp(-features[voted][:, -2 * c:][:, :c].astype(np.float64)))
-    weights = blend_weights(out_of_bag[:, 1:], head_probs, labels[voted], BLEND_CANDIDATES)
+    # Cross-fitting: each fold's forest (half the trees) predicts the other fold's pixels.
+    halves = []
+    for fold in (0, 1):
+        seen = folds == fold
+        usable = (labels[seen] == 0).any() and (labels[seen] > 0).any()
+        halves.append(_forest(config, max(config.trees // 2, 1), threads, config.seed + 1 + fold)
+                      .fit(features[seen], labels[seen]) if usable else None)
+    held = np.zeros((len(labels), c + 1))
+    judged = np.zeros(len(labels), bool)
+    for fold in (0, 1):
+        other = halves[1 - fold]
+        rows = folds == fold
+        if other is not None and rows.any():
+            held[rows] = _shares(other, features[rows], c + 1)
+            judged |= rows
+    head_probs = 1 / (1 + np.exp(-features[:, -2 * c:][:, :c].astype(np.float64)))
+    weights = blend_weights(held[judged, 1:], head_probs[judged], labels[judged]) if judged.any() else [0.0] * c
     stage.blend.copy_(torch.as_tensor(weights, dtype=stage.blend.dtype))
     if not any(weights):  # the head alone is better: no forest to keep or evaluate
         stage.forest.resize(0, 0)
+    return [_honest_logits(head, inputs, n, halves, forest) for n, (inputs, _) in enumerate(entries[:honest])]
+
+
+@torch.no_grad()
+def _honest_logits(head, inputs, entry: int, halves: list, forest) -> torch.Tensor:
+    """The stage's logits of one entry with each pixel's forest part from the fold forest that did not
+    see its square (the full forest where a fold had nothing to fit)."""
+    stage = head.pixel_stage
+    image, logits = head.pixel_inputs(inputs)
+    if not stage.forest.fitted:
+        return logits
+    c = head.num_classes
+    x = stage.features(image, logits)[0]
+    h, w = x.shape[-2:]
+    x = x.reshape(x.shape[0], -1).T.float().cpu().numpy()
+    index = np.arange(h * w)
+    fold = _fold(entry, index, w)
+    probs = np.zeros((h * w, c + 1))
+    for k in (0, 1):
+        rows = fold == k
+        if rows.any():
+            probs[rows] = _shares(halves[1 - k] or forest, x[rows], c + 1)
+    forest_fg = torch.from_numpy(probs[:, 1:].T.reshape(1, c, h, w)).to(logits)
+    blend = stage.blend.to(logits).view(1, -1, 1, 1)
+    p = (blend * forest_fg + (1 - blend) * logits[:, :c].sigmoid()).clamp(1e-6, 1 - 1e-6)
+    return torch.cat([torch.log(p) - torch.log1p(-p), logits[:, c:]], 1)
 
 
 BLEND_CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -93,8 +157,8 @@ BLEND_CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 def blend_weights(forest: np.ndarray, head: np.ndarray, labels: np.ndarray, candidates=BLEND_CANDIDATES) -> list[float]:
     """Per class, the forest's share w of the blend w * forest + (1 - w) * head that best predicts the
     table's pixels (balanced log-loss: the class's pixels and the rest weigh half each). The forest's
-    probabilities are its out-of-bag ones, each pixel predicted by the trees that did not see it, so a
-    forest that merely memorised the painting does not win. Ties go to the middle (0.5)."""
+    probabilities must be honest ones (cross-fitted: see `fit_pixel_stage`), so a forest that merely
+    memorised the painting does not win. Ties go to the middle (0.5)."""
     weights = []
     for k in range(head.shape[1]):
         positive = labels == k + 1
