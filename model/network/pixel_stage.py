@@ -10,7 +10,7 @@ stage stacks such a forest on the head, as ilastik's autocontext stacks a second
 first: per pixel it reads the image's filter bank (the peers' scales, 1 to 16) and the head's logits
 (upsampled; the head's context features as well measured worse on the tuning split: a stuff class
 painted as one disc was learned as "near that disc"), and its class probabilities are blended with the
-forest's share per class chosen on its cross-fitted predictions of the painting. Instance separation
+head's, the forest's share per class chosen on its cross-fitted predictions of the painting. Instance separation
 still reads the head's distance map.
 
 It is fitted after the head, on the painted pixels (`model.training.pixel_stage`); an unfitted stage
