@@ -125,7 +125,6 @@ def refine_last_step(
         group.rule = prepared.rule
 
     def put_back():
-        _resize_forest(group, saved)
         group.load_state_dict(saved)
         if dense:
             group.rule = saved_rule
@@ -141,14 +140,6 @@ def refine_last_step(
         put_back()
     result.refined = result.state == RunState.DONE
     return result
-
-
-def _resize_forest(group, state: dict) -> None:
-    """A refit pixel stage's forest may differ in size from the one in `state`: sized back to it."""
-    stage = getattr(getattr(group, "head", None), "pixel_stage", None)
-    if stage is not None:
-        stage.forest.resize(state["head.pixel_stage.forest.feature"].numel(),
-                            state["head.pixel_stage.forest.roots"].numel())
 
 
 def _checked(model, classes: Sequence[NewClass]) -> list[NewClass]:

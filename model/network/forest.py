@@ -54,6 +54,14 @@ class TreeEnsemble(nn.Module):
         if int(self.depth) < 0 or int(self.depth) > 64:
             raise ValueError(f"the forest's depth {int(self.depth)} is out of range")
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A forest's size is part of what it is: take the sizes of the tables loaded (a refit forest put
+        # back, say). Step files are checked against their recorded layout before this (load_exact).
+        feature, roots = state_dict.get(prefix + "feature"), state_dict.get(prefix + "roots")
+        if feature is not None and roots is not None:
+            self.resize(feature.numel(), roots.numel())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def resize(self, nodes: int, trees: int) -> None:
         """Empty tables of these sizes (what loading a forest of those sizes into this one needs)."""
         classes, device = self.value.shape[1], self.value.device

@@ -54,10 +54,14 @@ class PixelStage(nn.Module):
         x = self.features(image, logits)
         b, f, h, w = x.shape
         shares = self.forest(x.permute(0, 2, 3, 1).reshape(-1, f))  # [B*H*W, 1 + C]: background first
-        forest = shares[:, 1:].reshape(b, h, w, -1).permute(0, 3, 1, 2).to(logits.dtype)
+        return self.blended(shares[:, 1:].reshape(b, h, w, -1).permute(0, 3, 1, 2), logits)
+
+    def blended(self, forest: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The head's `logits` [B, 2C, H, W] with their foreground channels blended with the forest's
+        class probabilities `forest` [B, C, H, W]."""
         c = self.num_classes
         w = self.blend.to(logits.dtype).view(1, -1, 1, 1)
-        p = (w * forest + (1 - w) * logits[:, :c].sigmoid()).clamp(1e-6, 1 - 1e-6)
+        p = (w * forest.to(logits.dtype) + (1 - w) * logits[:, :c].sigmoid()).clamp(1e-6, 1 - 1e-6)
         return torch.cat([torch.log(p) - torch.log1p(-p), logits[:, c:]], 1)
 
     def layout(self) -> dict | None:

@@ -145,10 +145,7 @@ def _honest_logits(head, inputs, entry: int, halves: list, forest) -> torch.Tens
         rows = fold == k
         if rows.any():
             probs[rows] = _shares(halves[1 - k] or forest, x[rows], c + 1)
-    forest_fg = torch.from_numpy(probs[:, 1:].T.reshape(1, c, h, w)).to(logits)
-    blend = stage.blend.to(logits).view(1, -1, 1, 1)
-    p = (blend * forest_fg + (1 - blend) * logits[:, :c].sigmoid()).clamp(1e-6, 1 - 1e-6)
-    return torch.cat([torch.log(p) - torch.log1p(-p), logits[:, c:]], 1)
+    return stage.blended(torch.from_numpy(probs[:, 1:].T.reshape(1, c, h, w)).to(logits), logits)
 
 
 BLEND_CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0)
