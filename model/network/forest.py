@@ -71,29 +71,32 @@ class TreeEnsemble(nn.Module):
         self.value = torch.zeros(nodes, classes, dtype=torch.float32, device=device)
         self.roots = torch.zeros(trees, dtype=torch.int32, device=device)
 
-    def set_trees(self, forest, classes: int) -> None:
-        """Takes the trees of a fitted `sklearn.ensemble.RandomForestClassifier` whose labels are
-        0..classes-1 (some may be missing from its training pixels: they get probability 0)."""
+    def set_trees(self, forests, classes: int) -> None:
+        """Takes the trees of fitted `sklearn.ensemble.RandomForestClassifier`s (one, or a list whose
+        trees then vote together) whose labels are among 0..classes-1 (a label missing from a forest's
+        training pixels gets probability 0 from its trees)."""
         features, thresholds, children, values, roots = [], [], [], [], []
         offset, depth = 0, 0
-        columns = np.asarray(forest.classes_, dtype=np.int64)
-        for estimator in forest.estimators_:
-            tree = estimator.tree_
-            n = tree.node_count
-            leaf = tree.children_left < 0
-            shares = tree.value[:, 0, :].astype(np.float64)
-            shares /= np.maximum(shares.sum(1, keepdims=True), 1e-12)
-            value = np.zeros((n, classes), np.float32)
-            value[:, columns] = shares
-            roots.append(offset)
-            own = np.arange(n) + offset
-            features.append(np.where(leaf, 0, tree.feature))
-            thresholds.append(_float32_at_most(np.where(leaf, 0.0, tree.threshold)))
-            children.append(np.stack([np.where(leaf, own, tree.children_left + offset),
-                                      np.where(leaf, own, tree.children_right + offset)], 1))
-            values.append(value)
-            offset += n
-            depth = max(depth, int(tree.max_depth))
+        forests = forests if isinstance(forests, (list, tuple)) else [forests]
+        for forest in forests:
+            columns = np.asarray(forest.classes_, dtype=np.int64)
+            for estimator in forest.estimators_:
+                tree = estimator.tree_
+                n = tree.node_count
+                leaf = tree.children_left < 0
+                shares = tree.value[:, 0, :].astype(np.float64)
+                shares /= np.maximum(shares.sum(1, keepdims=True), 1e-12)
+                value = np.zeros((n, classes), np.float32)
+                value[:, columns] = shares
+                roots.append(offset)
+                own = np.arange(n) + offset
+                features.append(np.where(leaf, 0, tree.feature))
+                thresholds.append(_float32_at_most(np.where(leaf, 0.0, tree.threshold)))
+                children.append(np.stack([np.where(leaf, own, tree.children_left + offset),
+                                          np.where(leaf, own, tree.children_right + offset)], 1))
+                values.append(value)
+                offset += n
+                depth = max(depth, int(tree.max_depth))
         device = self.feature.device
         self.feature = torch.from_numpy(np.concatenate(features).astype(np.int32)).to(device)
         self.threshold = torch.from_numpy(np.concatenate(thresholds)).to(device)

@@ -83,27 +83,26 @@ def _shares(forest, x: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
+@torch.no_grad()
 def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitConfig(), threads: int = 1,
                     honest: int = 0) -> list[torch.Tensor]:
     """Fits `head.pixel_stage`'s forest on the known pixels of `entries` (see `pixel_table`) and each
     class's share of it in the blend with the head. Where the forest has no share in any class it is
     dropped (the stage then changes nothing and costs nothing).
 
-    The share is chosen on honest predictions: by cross-fitting, two more forests are fitted, each on
-    the pixels of one fold of a checkerboard of BLOCK-sized squares, and each predicts the other fold
-    (a pixel's own neighbours, which look like it, are held out with it: a forest's out-of-bag votes,
-    whose trees saw the pixel next door, proved as optimistic as its fit). Returns, for the first
-    `honest` entries, the stage's logits [1, 2C, H, W] made the same way (each pixel's forest part from
-    the forest that did not see its square): what thresholds are chosen on without the forest's
-    memory of the painting deciding them."""
+    Cross-fitting: two forests of half the trees each are fitted, each on the pixels of one fold of a
+    checkerboard of BLOCK-sized squares, and each predicts the other fold (a pixel's own neighbours,
+    which look like it, are held out with it: a forest's out-of-bag votes, whose trees saw the pixel
+    next door, proved as optimistic as its fit). The share is chosen on those honest predictions; the
+    stage then keeps both forests' trees as one forest (every pixel seen by half of them), so the
+    honest predictions cost no extra fit. Returns, for the first `honest` entries, the stage's logits
+    [1, 2C, H, W] made the same way (each pixel's forest part from the forest that did not see its
+    square): what thresholds are chosen on without the forest's memory of the painting deciding them."""
     features, labels, folds = pixel_table(head, entries, config)
     if not (labels == 0).any() or not (labels > 0).any():
         raise ValueError("the pixel stage needs pixels of the classes and of known background")
     c = head.num_classes
     stage = head.pixel_stage
-    forest = _forest(config, config.trees, threads, config.seed).fit(features, labels)
-    stage.forest.set_trees(forest, c + 1)
-    # Cross-fitting: each fold's forest (half the trees) predicts the other fold's pixels.
     halves = []
     for fold in (0, 1):
         seen = folds == fold
@@ -123,13 +122,20 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
     stage.blend.copy_(torch.as_tensor(weights, dtype=stage.blend.dtype))
     if not any(weights):  # the head alone is better: no forest to keep or evaluate
         stage.forest.resize(0, 0)
+        return [head.pixel_inputs(inputs)[1] for inputs, _ in entries[:honest]]
+    if all(h is not None for h in halves):
+        stage.forest.set_trees(halves, c + 1)
+        forest = None
+    else:  # a fold held one kind of pixel only (a tiny painting): one forest on every pixel
+        forest = _forest(config, config.trees, threads, config.seed).fit(features, labels)
+        stage.forest.set_trees(forest, c + 1)
     return [_honest_logits(head, inputs, n, halves, forest) for n, (inputs, _) in enumerate(entries[:honest])]
 
 
 @torch.no_grad()
 def _honest_logits(head, inputs, entry: int, halves: list, forest) -> torch.Tensor:
     """The stage's logits of one entry with each pixel's forest part from the fold forest that did not
-    see its square (the full forest where a fold had nothing to fit)."""
+    see its square (`forest`, fitted on every pixel, where a fold had nothing to fit)."""
     stage = head.pixel_stage
     image, logits = head.pixel_inputs(inputs)
     if not stage.forest.fitted:
