@@ -25,11 +25,15 @@ def test_the_forest_as_tensors_predicts_exactly_what_scikit_learn_predicts():
     trees.set_trees(forest, 5)
     # The training pixels lie on both sides of every threshold (the midpoints between their values).
     for data in (x, rng.normal(size=(2000, 12)).astype(np.float32)):
-        ours = trees(torch.from_numpy(data)).numpy()
         theirs = forest.predict_proba(data)
-        assert np.allclose(ours[:, forest.classes_], theirs, atol=1e-6, rtol=0)
-        assert (ours[:, 2] == 0).all()
-        assert np.array_equal(ours.argmax(1), forest.classes_[theirs.argmax(1)])
+        # On the CPU scikit-learn's tree code walks the tables; `walk` is the torch walk (other devices).
+        for ours in (trees(torch.from_numpy(data)).numpy(), trees.walk(torch.from_numpy(data)).numpy()):
+            assert np.allclose(ours[:, forest.classes_], theirs, atol=1e-6, rtol=0)
+            assert (ours[:, 2] == 0).all()
+            assert np.array_equal(ours.argmax(1), forest.classes_[theirs.argmax(1)])
+    assert trees._sklearn_trees() is not None
+    with pytest.raises(ValueError, match="reads 12 features"):
+        trees(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="not been fitted"):
         TreeEnsemble()(torch.zeros(3, 12))
 
@@ -65,6 +69,23 @@ def _painting(seed=0, slip=False):
     if slip:
         labels[100:112, 70:82] = 1
     return image, labels
+
+
+def test_a_forest_whose_tables_are_not_plain_trees_is_walked_by_torch():
+    """A branch that points back (a damaged or hand-made table) would send a compiled walk round a loop:
+    such tables are walked by torch, which stops at the recorded depth."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 4)).astype(np.float32)
+    forest = sklearn.RandomForestClassifier(3, max_depth=4, random_state=0).fit(x, x[:, 0] > 0)
+    trees = TreeEnsemble(classes=2)
+    trees.set_trees(forest, 2)
+    expected = trees(torch.from_numpy(x))
+    branches = trees.branches.clone()
+    branches[1, 0] = 0  # node 1's left child is the root
+    trees.branches.copy_(branches)
+    assert trees._sklearn_trees() is None
+    out = trees(torch.from_numpy(x))
+    assert out.shape == expected.shape and torch.isfinite(out).all()
 
 
 def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_file(tmp_path):

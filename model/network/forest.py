@@ -7,7 +7,15 @@ and `value[n]` (the class shares of the training pixels that reached it). `roots
 node. The forest's prediction is the mean of its trees' leaf shares, as scikit-learn's
 `predict_proba`, exactly: its float64 thresholds are stored as the largest float32 not above them,
 which splits float32 features the same way.
+
+On the CPU the trees are walked by scikit-learn's compiled tree code (`Tree.apply`, given these
+tables: about 4x faster than gathers in torch, measured on 65,536 pixels x 50 trees of depth 16 at one
+thread); elsewhere, or where scikit-learn cannot take the tables, by torch (`walk`). Both give the
+same leaves.
 """
+
+from concurrent.futures import ThreadPoolExecutor
+
 
 import numpy as np
 import torch
@@ -28,6 +36,7 @@ class TreeEnsemble(nn.Module):
         self.register_buffer("branches", torch.zeros(nodes, 2, dtype=torch.int32))
         self.register_buffer("value", torch.zeros(nodes, classes, dtype=torch.float32))
         self.register_buffer("roots", torch.zeros(trees, dtype=torch.int32))
+        self._compiled: tuple | None = None  # (the tables' identity, scikit-learn trees) once built
 
     @property
     def fitted(self) -> bool:
@@ -107,6 +116,34 @@ class TreeEnsemble(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, F] -> [N, K] class probabilities: the mean of the trees' leaf shares."""
+        if not self.fitted:
+            raise ValueError("this forest has not been fitted")
+        trees = self._sklearn_trees() if x.device.type == "cpu" else None
+        if trees is None:
+            return self.walk(x)
+        rows = np.ascontiguousarray(x.detach().float().numpy())
+        if rows.ndim != 2 or rows.shape[1] <= int(self.feature.max()):
+            raise ValueError(f"the forest reads {int(self.feature.max()) + 1} features, got rows of shape {tuple(rows.shape)}")
+        values, roots = self.value.cpu().numpy().astype(np.float64), self.roots.cpu().numpy().astype(np.int64)
+
+        def leaves(t: int) -> np.ndarray:  # scikit-learn's tree code releases the GIL
+            return trees[t].apply(rows) + roots[t]
+
+        total = np.zeros((rows.shape[0], values.shape[1]))
+        workers = max(1, min(torch.get_num_threads(), len(trees)))
+        if workers == 1:
+            for t in range(len(trees)):
+                total += values[leaves(t)]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for found in pool.map(leaves, range(len(trees))):
+                    total += values[found]
+        return torch.from_numpy((total / len(trees)).astype(np.float32))
+
+    @torch.no_grad()
+    def walk(self, x: torch.Tensor) -> torch.Tensor:
+        """The same prediction by gathers in torch (any device)."""
         if not self.fitted:
             raise ValueError("this forest has not been fitted")
         x = x.float()
@@ -119,6 +156,53 @@ class TreeEnsemble(nn.Module):
                 node = children[2 * node + go_right]
             out.append(self.value[node].mean(1))
         return torch.cat(out) if out else x.new_zeros(0, self.value.shape[1])
+
+    def _sklearn_trees(self) -> list | None:
+        """The tables as scikit-learn trees (built once per state of the tables), or None where they
+        cannot be: scikit-learn missing, or trees whose nodes are not each a contiguous block (every
+        forest `set_trees` writes is)."""
+        tables = (self.feature, self.threshold, self.branches, self.value, self.roots)
+        key = tuple((t.data_ptr(), t._version, t.numel()) for t in tables)
+        if self._compiled is not None and self._compiled[0] == key:
+            return self._compiled[1]
+        try:
+            trees = _as_sklearn_trees(*(t.cpu().numpy() for t in tables), int(self.depth))
+        except ImportError:
+            trees = None
+        self._compiled = (key, trees)
+        return trees
+
+
+def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) -> list | None:
+    """scikit-learn `Tree`s of the tables (thresholds already float32 values, so float32 features split
+    as in the tables), or None where a tree's nodes are not one block [roots[t], roots[t + 1])."""
+    from sklearn.tree._tree import NODE_DTYPE, Tree
+
+    starts = roots.astype(np.int64)
+    ends = np.append(starts[1:], len(feature))
+    if starts[0] != 0 or (ends <= starts).any():
+        return None
+    classes = value.shape[1]
+    trees = []
+    for a, b in zip(starts, ends):
+        own = np.arange(a, b)
+        left, right = branches[a:b, 0].astype(np.int64), branches[a:b, 1].astype(np.int64)
+        leaf = (left == own) & (right == own)
+        inner = ~leaf
+        if ((left[inner] <= own[inner]) | (left[inner] >= b) | (right[inner] <= own[inner]) | (right[inner] >= b)).any():
+            return None  # a branch leaving its tree, or pointing back: not a tree scikit-learn can walk
+        nodes = np.zeros(b - a, dtype=NODE_DTYPE)
+        nodes["left_child"] = np.where(leaf, -1, left - a)
+        nodes["right_child"] = np.where(leaf, -1, right - a)
+        nodes["feature"] = np.where(leaf, -2, feature[a:b])
+        nodes["threshold"] = np.where(leaf, -2.0, threshold[a:b].astype(np.float64))
+        if "missing_go_to_left" in nodes.dtype.names:
+            nodes["missing_go_to_left"] = 1  # as `walk`: NaN > threshold is false
+        tree = Tree(int(feature.max(initial=0)) + 1, np.array([classes], dtype=np.intp), 1)
+        tree.__setstate__({"max_depth": depth, "node_count": int(b - a), "nodes": nodes,
+                           "values": np.ascontiguousarray(value[a:b, None, :], dtype=np.float64)})
+        trees.append(tree)
+    return trees
 
 
 def _float32_at_most(values: np.ndarray) -> np.ndarray:
