@@ -148,3 +148,40 @@ def test_the_learn_report_says_what_the_pixel_forest_weighs_and_when_it_was_drop
     assert _how(result(), ["cell"]) == "a dense step"
     assert "dropped" in _how(result(share=[0.0, 0.0]), ["nucleus", "gland"])
     assert _how(result(share=[0.75, 0.0]), ["nucleus", "gland"]).endswith("nucleus 75%, gland 0%")
+
+
+def test_the_refresh_after_learn_takes_learns_own_results_of_the_images_it_read():
+    """Learn predicts the painted and context images after its step anyway (thresholds, reports); the
+    refresh that follows takes those results instead of predicting again, once, and only while the steps
+    are as Learn left them: the same as a fresh prediction."""
+    import torch
+
+    from eclipse_napari.plugin.session import Session
+    from model.interactive.config import Example, LearnConfig, NewClass
+    from model.network.build import build_model
+    from model.network.config import tiny_config
+
+    torch.manual_seed(0)
+    session = Session(build_model(tiny_config(), ["road", "car"], [False, True]))
+    rng = np.random.default_rng(0)
+    image, context, other = (rng.integers(0, 80, (64, 64, 3)).astype(np.uint8) for _ in range(3))
+    instances = np.zeros((64, 64), np.int32)
+    instances[8:24, 8:24], instances[36:52, 30:50] = 1, 2
+    image[instances > 0] = (250, 200, 40)
+    config = LearnConfig(iterations=4, augment_variants=1, dense_forest_trees=8)
+    session.learn_classes([NewClass("blob", True, [Example(image, instances, complete=True)])], config,
+                          context=[context])
+    model, computed = session.model, []
+    real = model.predict_image
+    model.predict_image = lambda plane, *a, **k: (computed.append(plane), real(plane, *a, **k))[1]
+    first = session.predict([context, image, other])
+    assert len(computed) == 1 and computed[0] is other  # the two images Learn read are not predicted again
+    again = session.predict([context, image])
+    assert len(computed) == 3  # taken once
+    for a, b in zip(first, again):
+        assert np.array_equal(a.panoptic, b.panoptic) and np.array_equal(a.semantic, b.semantic)
+        assert a.segments == b.segments
+    session.learn_classes([NewClass("spot", True, [Example(image, instances, complete=True)])], config)
+    session.undo()  # the steps changed since that Learn: its results are not taken
+    session.predict([image])
+    assert len(computed) == 4

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model.interactive.config import Example, LearnConfig, LearnResult, NewClass
+from model.interactive.examples import image_digest
 from model.interactive.learn import learn_classes, refine_last_step
 from model.io.model_files import load_model, load_step, save_model, save_step
 from model.network.eclipse import EclipseModel
@@ -66,6 +67,10 @@ class Session:
         self.device = device
         self.source = source  # where the model came from (shown to the user)
         self._lock = threading.Lock()
+        # Results Learn made of the images it read, after its step (by image digest), and the model state
+        # they belong to: the refresh after Learn takes them instead of predicting those images again.
+        self._fresh: dict = {}
+        self._fresh_state: tuple = ()
 
     @classmethod
     def open(cls, model_folder: str | Path | None = None, device: str | None = None) -> "Session":
@@ -106,13 +111,34 @@ class Session:
                 for n, plane in enumerate(planes):
                     report = None if progress is None else (
                         lambda done, total, n=n: progress(PredictProgress(n + 1, len(planes), done, total)))
-                    result = self.model.predict_image(plane, tiles, report, cancel)
+                    result = self._fresh_result(plane, tiles)
+                    if result is not None:
+                        if report is not None:
+                            report(1, 1)
+                    else:
+                        result = self.model.predict_image(plane, tiles, report, cancel)
                     if result is None:  # cancelled
                         break
                     panoptic = result.panoptic_seg.cpu().numpy().astype(np.int32)
                     out.append(Prediction(panoptic, result.semantic.cpu().numpy().astype(np.int32),
                                           list(result.segments)))
             return out
+
+    def _model_state(self) -> tuple:
+        """What identifies the model's current steps (every change of steps replaces a group or the model;
+        Learn and Refine, which change weights in place, set the fresh results themselves)."""
+        return (id(self.model), tuple(id(g) for g in self.model.groups))
+
+    def _fresh_result(self, plane, tiles: TileConfig | None):
+        """Learn's own result of this plane, if it read exactly these pixels, whole, and the steps have
+        not changed since (taken once)."""
+        if not self._fresh or self._fresh_state != self._model_state():
+            self._fresh = {}
+            return None
+        height, width = np.shape(plane)[:2]
+        if tiles is not None and tiles.tiles_needed(height, width):
+            return None
+        return self._fresh.pop(image_digest(plane), None)
 
     # ----------------------------------------------------------------- changing steps
     def learn(self, name: str, is_thing: bool, examples: list[Example], config: LearnConfig | None = None, *,
@@ -134,9 +160,13 @@ class Session:
                context: list[np.ndarray] = ()) -> LearnResult:
         with self._exclusive("learn"):
             start = time.perf_counter()
+            self._fresh = {}
             result = how(self.model, classes, config or LearnConfig(), context=list(context), device=self.device,
                          callback=callback, cancel=cancel)
             self.model.eval()
+            if result.state == RunState.DONE:
+                self._fresh, self._fresh_state = result.predictions, self._model_state()
+                result.predictions = {}  # held here until the refresh takes them
             if result.state == RunState.DONE and save_to is not None:
                 self._save(save_to)
             result.seconds = time.perf_counter() - start

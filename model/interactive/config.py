@@ -118,6 +118,10 @@ class LearnResult:
     # A dense step's pixel stage: per class, the forest's share of the blend with the head (empty: no stage;
     # all zero: the head alone, no forest kept).
     forest_share: list[float] = field(default_factory=list)
+    # The model's results, after the step, of the images Learn read (painted and context, as read), keyed
+    # by `examples.image_digest`: made anyway for the thresholds and reports, so a viewer need not
+    # predict those images again.
+    predictions: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

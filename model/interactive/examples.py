@@ -35,7 +35,8 @@ def check_examples(examples: Sequence[Example], what: str = "") -> None:
         raise ValueError(f"{where}the annotations are empty: paint at least one instance of the new class")
 
 
-def _image_digest(image) -> str:
+def image_digest(image) -> str:
+    """A digest of an image's pixels (with its shape and dtype): what identifies an image across layers."""
     array = np.ascontiguousarray(np.asarray(image))
     return hashlib.blake2b(f"{array.shape}|{array.dtype.str}|".encode() + array.tobytes(), digest_size=16).hexdigest()
 
@@ -49,7 +50,7 @@ def merge_classes(classes: Sequence[NewClass]) -> list[Example]:
     order: list[str] = []
     for k, c in enumerate(classes):
         for n, e in enumerate(c.examples):
-            key = _image_digest(e.image) if len(classes) > 1 else f"{k}:{n}"
+            key = image_digest(e.image) if len(classes) > 1 else f"{k}:{n}"
             inst = np.asarray(e.instances).astype(np.int32)
             mine = {int(i): k for i in np.unique(inst) if i > 0}
             if key not in merged:

@@ -28,7 +28,7 @@ from ..training.pixel_stage import PixelFitConfig, fit_pixel_stage
 from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages, PaintedImages
 from .crops import centre_crop, crop_to_painting
-from .examples import ExampleSet, check_examples, known_background, labelled, merge_classes
+from .examples import ExampleSet, check_examples, image_digest, known_background, labelled, merge_classes
 from .negatives import choose_thresholds, find_look_alikes, instance_rule, old_class_negatives
 
 
@@ -241,8 +241,10 @@ class _Prepared:
         others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
         stage = getattr(model.groups[-1].head, "pixel_stage", None) if self.dense else None
         share = [] if stage is None else [float(w) if stage.forest.fitted else 0.0 for w in stage.blend.tolist()]
+        predictions = {image_digest(image): model.merge(raw) for image, raw in zip(self.frozen.images, raws)}
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
-                           result.losses, painted_report, table, others, class_ids, forest_share=share)
+                           result.losses, painted_report, table, others, class_ids, forest_share=share,
+                           predictions=predictions)
 
     def _pixel_entries(self, model, data: ExampleSet, class_ids: list[int]) -> list:
         """(DenseInputs, labels) of every painted image and every context image kept as negatives, as
