@@ -67,7 +67,7 @@ class LearnConfig:
     dense_filters: bool = True  # dense only: the full-resolution path reads a filter bank of the image
     # Dense only: trees of the pixel stage, a random forest fitted after the head on the pixels' filter bank
     # and the head's outputs (0 = none; see model.network.pixel_stage). Chosen on the tuning split.
-    dense_forest_trees: int = 50
+    dense_forest_trees: int = 100
     # Dense only: the frozen maps the head reads (see model.network.dense_head.DENSE_INPUTS).
     dense_inputs: tuple[str, ...] = ("res2", "res3", "res4", "res5", "mask", "mem32", "mem16", "mem8")
     max_context: int = 4  # context images used as negatives (of those given), evenly spread

@@ -20,11 +20,11 @@ from .dense import UNKNOWN
 
 @dataclass(frozen=True)
 class PixelFitConfig:
-    trees: int = 50
+    trees: int = 100
     max_depth: int = 16
     min_samples_leaf: int = 1
-    positives: int = 2000  # at most this many pixels of each class per image
-    negatives: int = 4000  # and this many of its known background
+    positives: int = 1000  # at most this many pixels of each class per image
+    negatives: int = 2000  # and this many of its known background
     seed: int = 0
 
 
