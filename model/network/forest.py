@@ -16,7 +16,6 @@ same leaves.
 
 from concurrent.futures import ThreadPoolExecutor
 
-
 import numpy as np
 import torch
 from torch import nn
@@ -159,16 +158,17 @@ class TreeEnsemble(nn.Module):
 
     def _sklearn_trees(self) -> list | None:
         """The tables as scikit-learn trees (built once per state of the tables), or None where they
-        cannot be: scikit-learn missing, or trees whose nodes are not each a contiguous block (every
-        forest `set_trees` writes is)."""
+        cannot be: scikit-learn missing or its tree internals changed (the test of this module checks
+        that the installed version takes them), or trees whose nodes are not each a contiguous block
+        (every forest `set_trees` writes is)."""
         tables = (self.feature, self.threshold, self.branches, self.value, self.roots)
         key = tuple((t.data_ptr(), t._version, t.numel()) for t in tables)
         if self._compiled is not None and self._compiled[0] == key:
             return self._compiled[1]
         try:
             trees = _as_sklearn_trees(*(t.cpu().numpy() for t in tables), int(self.depth))
-        except ImportError:
-            trees = None
+        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+            trees = None  # scikit-learn missing, or its tree internals changed: torch walks the tables
         self._compiled = (key, trees)
         return trees
 
