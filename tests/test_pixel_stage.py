@@ -34,6 +34,11 @@ def test_the_forest_as_tensors_predicts_exactly_what_scikit_learn_predicts():
     assert trees._sklearn_trees() is not None
     with pytest.raises(ValueError, match="reads 12 features"):
         trees(torch.zeros(3, 5))
+    with torch.inference_mode():  # a forest loaded, and used, where tensors keep no version counter
+        loaded = TreeEnsemble(classes=5)
+        loaded.load_state_dict(trees.state_dict())
+        assert torch.equal(loaded(torch.from_numpy(x)), trees(torch.from_numpy(x)))
+        assert loaded._sklearn_trees() is loaded._sklearn_trees()  # built once
     with pytest.raises(ValueError, match="not been fitted"):
         TreeEnsemble()(torch.zeros(3, 12))
 
@@ -71,21 +76,37 @@ def _painting(seed=0, slip=False):
     return image, labels
 
 
-def test_a_forest_whose_tables_are_not_plain_trees_is_walked_by_torch():
-    """A branch that points back (a damaged or hand-made table) would send a compiled walk round a loop:
-    such tables are walked by torch, which stops at the recorded depth."""
+def test_a_forest_whose_tables_are_not_plain_trees_is_walked_by_torch_or_refused():
+    """A branch that points back, or a tree deeper than the recorded depth (a damaged or hand-made
+    table), would send a compiled walk round a loop or past the depth `walk` stops at: such tables are
+    walked by torch; and a step file holding them is refused (`check`, which loading runs)."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 4)).astype(np.float32)
     forest = sklearn.RandomForestClassifier(3, max_depth=4, random_state=0).fit(x, x[:, 0] > 0)
     trees = TreeEnsemble(classes=2)
     trees.set_trees(forest, 2)
+    trees.check(4)
+    assert trees._sklearn_trees() is not None
     expected = trees(torch.from_numpy(x))
+    assert torch.allclose(expected, trees.walk(torch.from_numpy(x)), atol=1e-6, rtol=0)
+
+    shallow = TreeEnsemble(classes=2)
+    shallow.load_state_dict(trees.state_dict())
+    shallow.depth.fill_(int(trees.depth) - 1)  # deeper than it says
+    assert shallow._sklearn_trees() is None
+    assert torch.equal(shallow(torch.from_numpy(x)), shallow.walk(torch.from_numpy(x)))
+    with pytest.raises(ValueError, match="deeper than its recorded depth"):
+        shallow.check(4)
+
     branches = trees.branches.clone()
-    branches[1, 0] = 0  # node 1's left child is the root
+    inner = int(torch.nonzero(branches[:, 0] != torch.arange(len(branches))).flatten()[1])
+    branches[inner, 0] = 0  # an inner node's left child is the root
     trees.branches.copy_(branches)
-    assert trees._sklearn_trees() is None
+    assert trees._sklearn_trees() is None  # the change in place is seen
     out = trees(torch.from_numpy(x))
-    assert out.shape == expected.shape and torch.isfinite(out).all()
+    assert torch.equal(out, trees.walk(torch.from_numpy(x)))
+    with pytest.raises(ValueError, match="deeper"):
+        trees.check(4)
 
 
 def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_file(tmp_path):

@@ -21,7 +21,7 @@ from model.interactive.examples import image_digest
 from model.interactive.learn import learn_classes, refine_last_step
 from model.io.model_files import load_model, load_step, save_model, save_step
 from model.network.eclipse import EclipseModel
-from model.network.tiled import TileConfig
+from model.network.tiled import TileConfig, image_size
 from model.training.progress import Progress, RunState
 
 from ..resources import shipped_base_path
@@ -126,7 +126,8 @@ class Session:
 
     def _model_state(self) -> tuple:
         """What identifies the model's current steps (every change of steps replaces a group or the model;
-        Learn and Refine, which change weights in place, set the fresh results themselves)."""
+        Learn and Refine, which change weights in place, set the fresh results themselves; undo, import
+        and loading a model also drop them outright, as a freed object's id may be reused)."""
         return (id(self.model), tuple(id(g) for g in self.model.groups))
 
     def _fresh_result(self, plane, tiles: TileConfig | None):
@@ -135,7 +136,7 @@ class Session:
         if not self._fresh or self._fresh_state != self._model_state():
             self._fresh = {}
             return None
-        height, width = np.shape(plane)[:2]
+        height, width = image_size(plane)
         if tiles is not None and tiles.tiles_needed(height, width):
             return None
         return self._fresh.pop(image_digest(plane), None)
@@ -178,6 +179,7 @@ class Session:
             if self.model.num_steps == 0:
                 raise ValueError("there is no learned step to remove: the model is the base model")
             removed = self.steps()[-1]
+            self._fresh = {}
             self.model.remove_last_step()
             if save_to is not None:
                 self._save(save_to)
@@ -195,6 +197,7 @@ class Session:
         """Appends a step file; refused (CheckpointError, model unchanged) if it belongs to another base
         model, is out of order, clashes with a class name, or is damaged."""
         with self._exclusive("import a step"):
+            self._fresh = {}
             load_step(self.model, path)
             self.model.eval()
             if save_to is not None:
@@ -209,7 +212,7 @@ class Session:
         """Loads another model folder; the current model stays if that fails."""
         with self._exclusive("load a model"):
             model = load_model(folder, self.device).eval()
-            self.model, self.source = model, str(folder)
+            self.model, self.source, self._fresh = model, str(folder), {}
 
     def _save(self, folder: Path) -> None:
         save_model(self.model, folder)

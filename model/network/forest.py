@@ -61,6 +61,9 @@ class TreeEnsemble(nn.Module):
             raise ValueError("the forest holds non-finite values")
         if int(self.depth) < 0 or int(self.depth) > 64:
             raise ValueError(f"the forest's depth {int(self.depth)} is out of range")
+        if self.roots.numel() and not _within_depth(self.branches.cpu().numpy(), self.roots.cpu().numpy(),
+                                                    int(self.depth)):
+            raise ValueError(f"the forest's trees are deeper than its recorded depth {int(self.depth)}")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A forest's size is part of what it is: take the sizes of the tables loaded (a refit forest put
@@ -126,19 +129,20 @@ class TreeEnsemble(nn.Module):
             raise ValueError(f"the forest reads {int(self.feature.max()) + 1} features, got rows of shape {tuple(rows.shape)}")
         values, roots = self.value.cpu().numpy().astype(np.float64), self.roots.cpu().numpy().astype(np.int64)
 
-        def leaves(t: int) -> np.ndarray:  # scikit-learn's tree code releases the GIL
-            return trees[t].apply(rows) + roots[t]
+        def total(share: range) -> np.ndarray:  # scikit-learn's tree code releases the GIL
+            out = np.zeros((rows.shape[0], values.shape[1]))
+            for t in share:
+                out += values[trees[t].apply(rows) + roots[t]]
+            return out
 
-        total = np.zeros((rows.shape[0], values.shape[1]))
         workers = max(1, min(torch.get_num_threads(), len(trees)))
+        shares = [range(w, len(trees), workers) for w in range(workers)]  # one running sum per worker
         if workers == 1:
-            for t in range(len(trees)):
-                total += values[leaves(t)]
+            summed = total(shares[0])
         else:
             with ThreadPoolExecutor(workers) as pool:
-                for found in pool.map(leaves, range(len(trees))):
-                    total += values[found]
-        return torch.from_numpy((total / len(trees)).astype(np.float32))
+                summed = sum(pool.map(total, shares))
+        return torch.from_numpy((summed / len(trees)).astype(np.float32))
 
     @torch.no_grad()
     def walk(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,18 +162,22 @@ class TreeEnsemble(nn.Module):
 
     def _sklearn_trees(self) -> list | None:
         """The tables as scikit-learn trees (built once per state of the tables), or None where they
-        cannot be: scikit-learn missing or its tree internals changed (the test of this module checks
-        that the installed version takes them), or trees whose nodes are not each a contiguous block
-        (every forest `set_trees` writes is)."""
+        cannot be: scikit-learn missing or refusing them (the test of this module checks that the
+        installed version takes them), or tables that are not plain trees of at most the recorded depth
+        (every forest `set_trees` writes is; a damaged one could send compiled code round a loop or out
+        of bounds)."""
         tables = (self.feature, self.threshold, self.branches, self.value, self.roots)
-        key = tuple((t.data_ptr(), t._version, t.numel()) for t in tables)
-        if self._compiled is not None and self._compiled[0] == key:
+        # The tensors themselves (kept, so their identity cannot pass to new ones) and their in-place
+        # version counters (inference tensors have none; they are replaced, never changed, on loading).
+        state = tuple((t, None if t.is_inference() else t._version) for t in tables)
+        if self._compiled is not None and len(self._compiled[0]) == len(state) and all(
+                a is b and u == v for (a, u), (b, v) in zip(self._compiled[0], state)):
             return self._compiled[1]
         try:
             trees = _as_sklearn_trees(*(t.cpu().numpy() for t in tables), int(self.depth))
-        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
-            trees = None  # scikit-learn missing, or its tree internals changed: torch walks the tables
-        self._compiled = (key, trees)
+        except (ImportError, TypeError, ValueError):
+            trees = None  # scikit-learn missing, or refusing the tables: torch walks them
+        self._compiled = (state, trees)
         return trees
 
 
@@ -180,7 +188,9 @@ def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) ->
 
     starts = roots.astype(np.int64)
     ends = np.append(starts[1:], len(feature))
-    if starts[0] != 0 or (ends <= starts).any():
+    if starts[0] != 0 or (ends <= starts).any() or branches.min() < 0 or branches.max() >= len(feature):
+        return None
+    if not _within_depth(branches, roots, depth):
         return None
     classes = value.shape[1]
     trees = []
@@ -191,6 +201,8 @@ def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) ->
         inner = ~leaf
         if ((left[inner] <= own[inner]) | (left[inner] >= b) | (right[inner] <= own[inner]) | (right[inner] >= b)).any():
             return None  # a branch leaving its tree, or pointing back: not a tree scikit-learn can walk
+        if (feature[a:b][inner] < 0).any():
+            return None  # compiled code reads features without bounds checks
         nodes = np.zeros(b - a, dtype=NODE_DTYPE)
         nodes["left_child"] = np.where(leaf, -1, left - a)
         nodes["right_child"] = np.where(leaf, -1, right - a)
@@ -203,6 +215,18 @@ def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) ->
                            "values": np.ascontiguousarray(value[a:b, None, :], dtype=np.float64)})
         trees.append(tree)
     return trees
+
+
+def _within_depth(branches: np.ndarray, roots: np.ndarray, depth: int) -> bool:
+    """Whether every path from a root reaches a leaf (a node whose branches are itself) within `depth`
+    steps: what `TreeEnsemble.walk` assumes, and what keeps a compiled walk finite."""
+    nodes = np.unique(roots.astype(np.int64))
+    for _ in range(depth):
+        inner = nodes[(branches[nodes, 0] != nodes) | (branches[nodes, 1] != nodes)]
+        if inner.size == 0:
+            return True
+        nodes = np.unique(branches[inner].reshape(-1).astype(np.int64))
+    return bool(((branches[nodes, 0] == nodes) & (branches[nodes, 1] == nodes)).all())
 
 
 def _float32_at_most(values: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from .dense import UNKNOWN
 
 @dataclass(frozen=True)
 class PixelFitConfig:
-    trees: int = 100
+    trees: int = 100  # fitted as two cross-fitting halves of trees // 2 each (at least 1)
     max_depth: int = 16
     min_samples_leaf: int = 1
     positives: int = 1000  # at most this many pixels of each class per image
