@@ -34,6 +34,14 @@ def test_the_forest_as_tensors_predicts_exactly_what_scikit_learn_predicts():
     assert trees._sklearn_trees() is not None
     with pytest.raises(ValueError, match="reads 12 features"):
         trees(torch.zeros(3, 5))
+    threads = torch.get_num_threads()
+    try:  # the same floats whatever the number of threads
+        torch.set_num_threads(1)
+        one = trees(torch.from_numpy(x))
+        torch.set_num_threads(2)
+        assert torch.equal(one, trees(torch.from_numpy(x)))
+    finally:
+        torch.set_num_threads(threads)
     with torch.inference_mode():  # a forest loaded, and used, where tensors keep no version counter
         loaded = TreeEnsemble(classes=5)
         loaded.load_state_dict(trees.state_dict())

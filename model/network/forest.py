@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 _CHUNK = 16384  # pixels evaluated at once (bounds the [pixels, trees] index tables)
+_SUMS = 4  # running sums of trees on the CPU (threads share them out)
 
 
 class TreeEnsemble(nn.Module):
@@ -135,13 +136,18 @@ class TreeEnsemble(nn.Module):
                 out += values[trees[t].apply(rows) + roots[t]]
             return out
 
-        workers = max(1, min(torch.get_num_threads(), len(trees)))
-        shares = [range(w, len(trees), workers) for w in range(workers)]  # one running sum per worker
+        # A fixed split of the trees into running sums, added in order: the same floats whatever the
+        # number of threads that compute them.
+        shares = [range(g, len(trees), _SUMS) for g in range(min(_SUMS, len(trees)))]
+        workers = max(1, min(torch.get_num_threads(), len(shares)))
         if workers == 1:
-            summed = total(shares[0])
+            parts = [total(share) for share in shares]
         else:
             with ThreadPoolExecutor(workers) as pool:
-                summed = sum(pool.map(total, shares))
+                parts = list(pool.map(total, shares))
+        summed = parts[0]
+        for part in parts[1:]:
+            summed = summed + part
         return torch.from_numpy((summed / len(trees)).astype(np.float32))
 
     @torch.no_grad()
