@@ -394,9 +394,9 @@ def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
     n = len(examples)
 
     def reports(before):
-        raws = [frozen.infer(model, k) for k in range(len(images))]
-        return (painted_images_report(model, raws[:n], before[:n], examples, result.class_ids),
-                other_images_report(model, raws[n:], before[n:], result.class_ids))
+        after = [model.merge(frozen.infer(model, k)) for k in range(len(images))]
+        return (painted_images_report(after[:n], before[:n], examples, result.class_ids),
+                other_images_report(after[n:], before[n:], result.class_ids))
 
     group = model.groups[-1]
     head = group.head

@@ -237,11 +237,13 @@ class _Prepared:
             deltas, table = select_deltas(model, items, refs, scale=4,  # at the masks' resolution
                                           raws=painted + [other[i] for i in self.extra_of])
             model.set_deltas(deltas)
-        painted_report = painted_images_report(model, painted, self.reference, self.examples, class_ids)
-        others = other_images_report(model, other, self.context_refs, class_ids) if self.context else None
+        results = [model.merge(raw) for raw in raws]  # every image after the step, as a prediction gives it
+        n = len(self.examples)
+        painted_report = painted_images_report(results[:n], self.reference, self.examples, class_ids)
+        others = other_images_report(results[n:], self.context_refs, class_ids) if self.context else None
         stage = getattr(model.groups[-1].head, "pixel_stage", None) if self.dense else None
         share = [] if stage is None else [float(w) if stage.forest.fitted else 0.0 for w in stage.blend.tolist()]
-        predictions = {image_digest(image): model.merge(raw) for image, raw in zip(self.frozen.images, raws)}
+        predictions = {image_digest(image): r for image, r in zip(self.frozen.images, results)}
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, painted_report, table, others, class_ids, forest_share=share,
                            predictions=predictions)
@@ -308,29 +310,28 @@ class FrozenImages:
         return model.merge(self.infer(model, index))
 
 
-def other_images_report(model, raws, before, class_ids) -> OtherImages:
-    """On images that were not painted (`raws`: their predictions after the step, `before`: the results
-    before it): of the pixels an old class held, the share that still holds the same class (a pixel the
+def other_images_report(after_step, before, class_ids) -> OtherImages:
+    """On images that were not painted (`after_step`: their results after the step, `before`: before it): of the pixels an old class held, the share that still holds the same class (a pixel the
     new classes took counts as changed); and the share of all pixels the new classes took."""
     kept = held = claimed = total = 0
-    for raw, ref in zip(raws, before):
-        after, was = model.merge(raw).semantic.cpu().numpy(), ref.semantic.cpu().numpy()
+    for result, ref in zip(after_step, before):
+        after, was = result.semantic.cpu().numpy(), ref.semantic.cpu().numpy()
         old = was > 0
         kept += int((after[old] == was[old]).sum())
         held += int(old.sum())
         claimed += int(np.isin(after, list(class_ids)).sum())
         total += after.size
-    return OtherImages(len(raws), kept / held if held else 1.0, claimed / max(total, 1))
+    return OtherImages(len(after_step), kept / held if held else 1.0, claimed / max(total, 1))
 
 
-def painted_images_report(model, raws, reference, examples: Sequence[Example], class_ids) -> PaintedImages:
-    """On the painted images (`raws`: their predictions after the step, `reference` before it), outside
+def painted_images_report(after_step, reference, examples: Sequence[Example], class_ids) -> PaintedImages:
+    """On the painted images (`after_step`: their results after the step, `reference` before it), outside
     the painted instances: the share of pixels whose label held, and the share the new classes took."""
     kept = claimed = total = 0
-    for raw, before, example in zip(raws, reference, examples):
-        after, was = model.merge(raw).semantic.cpu().numpy(), before.semantic.cpu().numpy()
+    for result, before, example in zip(after_step, reference, examples):
+        after, was = result.semantic.cpu().numpy(), before.semantic.cpu().numpy()
         outside = np.asarray(example.instances) == 0
         kept += int((after[outside] == was[outside]).sum())
         claimed += int(np.isin(after[outside], list(class_ids)).sum())
         total += int(outside.sum())
-    return PaintedImages(len(raws), kept / total if total else 1.0, claimed / total if total else 0.0)
+    return PaintedImages(len(after_step), kept / total if total else 1.0, claimed / total if total else 0.0)

@@ -1,4 +1,5 @@
-"""A random forest as tensors: fitted by scikit-learn, evaluated in torch, saved as plain tensors.
+"""A random forest as tensors: fitted by scikit-learn, saved as plain tensors, walked by scikit-learn's
+compiled tree code on the CPU and by torch elsewhere.
 
 A step file must load without unpickling (safetensors), so a fitted forest is kept as the arrays of
 its trees, all trees' nodes in one table: for node n, `feature[n]` and `threshold[n]` (go to
@@ -198,7 +199,7 @@ def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) ->
         return None
     if not _within_depth(branches, roots, depth):
         return None
-    classes = value.shape[1]
+    classes, features = value.shape[1], int(feature.max(initial=0)) + 1
     trees = []
     for a, b in zip(starts, ends):
         own = np.arange(a, b)
@@ -216,7 +217,7 @@ def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) ->
         nodes["threshold"] = np.where(leaf, -2.0, threshold[a:b].astype(np.float64))
         if "missing_go_to_left" in nodes.dtype.names:
             nodes["missing_go_to_left"] = 1  # as `walk`: NaN > threshold is false
-        tree = Tree(int(feature.max(initial=0)) + 1, np.array([classes], dtype=np.intp), 1)
+        tree = Tree(features, np.array([classes], dtype=np.intp), 1)
         tree.__setstate__({"max_depth": depth, "node_count": int(b - a), "nodes": nodes,
                            "values": np.ascontiguousarray(value[a:b, None, :], dtype=np.float64)})
         trees.append(tree)
