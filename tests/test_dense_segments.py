@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from model.network.dense_segments import InstanceRule, dense_segments, snap_to_queries
 
@@ -74,3 +75,28 @@ def test_rule_round_trips_and_old_files_keep_their_behaviour():
     old = {"foreground": 0.5, "core": 0.5, "min_area": 9.0, "override_margin": 0.1}  # before look-alikes
     loaded = InstanceRule.from_json(old)
     assert loaded.look_alikes == () and loaded.foreign_ceiling == 1.0 and loaded.snap_iou == 0.0
+
+
+def test_thresholds_are_searched_as_pairs(monkeypatch):
+    """The foreground and core thresholds are chosen together: a pair that a search of one threshold at a
+    time would miss (its foreground loses at the default core) is found."""
+    from types import SimpleNamespace
+
+    from model.interactive import negatives
+    from model.interactive.config import Example
+
+    def score(images, rule, is_thing):  # best at (0.8, 0.3); at core 0.5 foreground 0.5 looks best
+        table = {(0.5, 0.5): 0.6, (0.8, 0.3): 0.9}
+        return table.get((round(rule.foreground, 2), round(rule.core, 2)), 0.1)
+
+    monkeypatch.setattr(negatives, "_painted_quality", score)
+    group = SimpleNamespace(rule=InstanceRule())
+    raw = SimpleNamespace(dense_logits=[torch.zeros(1, 2, 8, 8)], dense_strides=[4], padded_size=(32, 32),
+                          image_size=(32, 32))
+    reference = SimpleNamespace(confidence=torch.zeros(32, 32), semantic=torch.zeros(32, 32, dtype=torch.long))
+    example = Example(np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.int32), complete=True)
+    chosen = negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [True])
+    assert chosen == (0.8, 0.3) and (group.rule.foreground, group.rule.core) == (0.8, 0.3)
+    # A stuff-only step has no core to choose: it keeps its own.
+    group.rule = InstanceRule(core=0.5)
+    assert negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [False]) == (0.5, 0.5)

@@ -86,15 +86,16 @@ CORE_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 def choose_thresholds(model, raws: list, references: list, examples: Sequence[Example], is_thing: Sequence[bool]
                       ) -> tuple[float, float]:
-    """Sets the newest (dense) step's foreground threshold, then its core threshold, to the candidates
-    whose segments best reproduce the painting on the painted images (`raws`: their predictions after
+    """Sets the newest (dense) step's foreground and core thresholds to the pair of candidates (searched
+    together: where instances split depends on where the foreground ends) whose segments best reproduce
+    the painting on the painted images (`raws`: their predictions after
     training; `references`: the model's results before the step, what the step's segments are laid
     over), judged on what the painting says only: a panoptic quality over the painted thing instances (a
     predicted segment counts as false only where most of it lies on painted or known background pixels,
     not on unknown ones) plus, for stuff classes, the IoU of the class's region with the painted one
     over the known pixels. A head trained with balanced classes leans towards the class at its
     boundaries; how far, and how touching instances split, then follows what the painting shows, not
-    hand-set numbers. Ties go to the candidate nearest the default (foreground 0.5, core 0.5)."""
+    hand-set numbers. Ties go to the pair nearest the defaults (foreground 0.5, core 0.5)."""
     group = model.groups[-1]
     rule = group.rule
     images = []  # what the candidates do not change, made once per image
@@ -103,15 +104,15 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
                                       raw.image_size, raw.image_size)
         queries = (model.resized_masks(raw, 0, raw.image_size) > 0).cpu().numpy() if rule.snap_iou > 0 else None
         images.append((probs, distances, ref.confidence.cpu().numpy(), ref.semantic.cpu().numpy(), queries, e))
-    for field, candidates, default in (("foreground", FOREGROUND_CANDIDATES, 0.5), ("core", CORE_CANDIDATES, 0.5)):
-        if field == "core" and not any(is_thing):
-            continue
-        best, best_score = getattr(rule, field), -1.0
-        for value in sorted(candidates, key=lambda c: abs(c - default)):
-            score = _painted_quality(images, replace(rule, **{field: value}), is_thing)
-            if score > best_score + 1e-9:
-                best, best_score = value, score
-        rule = replace(rule, **{field: best})
+    cores = CORE_CANDIDATES if any(is_thing) else (rule.core,)
+    pairs = sorted(((f, c) for f in FOREGROUND_CANDIDATES for c in cores),
+                   key=lambda p: abs(p[0] - 0.5) + abs(p[1] - 0.5))
+    best, best_score = (rule.foreground, rule.core), -1.0
+    for fg, core in pairs:  # both at once: how instances split depends on where the foreground ends
+        score = _painted_quality(images, replace(rule, foreground=fg, core=core), is_thing)
+        if score > best_score + 1e-9:
+            best, best_score = (fg, core), score
+    rule = replace(rule, foreground=best[0], core=best[1])
     group.rule = rule
     return rule.foreground, rule.core
 

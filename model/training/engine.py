@@ -242,10 +242,14 @@ class Trainer:
             distance = torch.stack([t[1] for _, t in items]).to(self.device)
             losses = dense_loss(fine, labels, distance, is_thing)
             # Deep supervision of the stride-4 context. Without a full-resolution path (the default) `fine` is
-            # `coarse` upsampled and this is the same loss again: a total weight of 1 + DENSE_COARSE_WEIGHT,
-            # which the learning rate and clip norm were tuned with.
-            coarse_losses = dense_loss(coarse, labels, distance, is_thing)
-            losses["loss"] = losses["loss"] + DENSE_COARSE_WEIGHT * coarse_losses["loss"]
+            # `coarse` upsampled and this would be the same loss again: a total weight of
+            # 1 + DENSE_COARSE_WEIGHT, which the learning rate and clip norm were tuned with (so it is kept,
+            # without computing the loss twice).
+            if group.head.refine is None:
+                losses["loss"] = losses["loss"] * (1 + DENSE_COARSE_WEIGHT)
+            else:
+                coarse_losses = dense_loss(coarse, labels, distance, is_thing)
+                losses["loss"] = losses["loss"] + DENSE_COARSE_WEIGHT * coarse_losses["loss"]
             for k, v in losses.items():
                 parts[k] = parts.get(k, 0.0) + v * (len(items) / len(plan))
         return parts
