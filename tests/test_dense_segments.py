@@ -100,3 +100,35 @@ def test_thresholds_are_searched_as_pairs(monkeypatch):
     # A stuff-only step has no core to choose: it keeps its own.
     group.rule = InstanceRule(core=0.5)
     assert negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [False]) == (0.5, 0.5)
+
+
+def test_weak_things_cut_at_their_own_peak():
+    """With `detect` on, a thing the head is unsure of (peak 0.5, below the foreground threshold 0.6) is
+    found whole, cut at half its peak; a sure one is cut at half its peak too, but never above the
+    foreground threshold; what never reaches `detect` stays out; stuff and a rule with `detect` off
+    (older step files) are cut at the foreground threshold."""
+    shape = (64, 96)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+
+    def cone(cy, cx, peak, r):
+        return peak * np.clip(1 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / r, 0, 1)
+
+    strong, weak, faint = cone(32, 20, 0.99, 14), cone(32, 60, 0.5, 14), cone(10, 85, 0.18, 6)
+    probs = np.maximum.reduce([strong, weak, faint])[None]
+    dist = probs / probs.max()
+    off = InstanceRule(foreground=0.6, core=0.2, min_area=4)
+    on = InstanceRule(foreground=0.6, core=0.2, min_area=4, detect=0.2, relative=0.5)
+    before = dense_segments(probs, dist, [True], off)
+    assert len(before) == 1
+    np.testing.assert_array_equal(before[0].mask, strong > 0.6)
+    after = dense_segments(probs, dist, [True], on)
+    assert len(after) == 2
+    found_strong = next(s for s in after if s.mask[32, 20])
+    found_weak = next(s for s in after if s.mask[32, 60])
+    np.testing.assert_array_equal(found_strong.mask, strong > 0.5 * 0.99)
+    np.testing.assert_array_equal(found_weak.mask, weak > 0.25)
+    assert not any(s.mask[10, 85] for s in after)
+    stuff = dense_segments(probs, dist, [False], on)
+    assert len(stuff) == 1
+    np.testing.assert_array_equal(stuff[0].mask, probs[0] > 0.6)
+    assert InstanceRule.from_json({"foreground": 0.6}).detect == 1.0  # older rules: off

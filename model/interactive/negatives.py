@@ -21,7 +21,7 @@ def instance_rule(examples: Sequence[Example], is_thing: Sequence[bool], look_al
                   config: LearnConfig) -> InstanceRule:
     """Post-processing fixed from the painting alone: segments smaller than `min_area_fraction` of the
     smallest painted thing instance (a step of stuff only: a fiftieth of the median painted region)
-    are dropped."""
+    are dropped; weak things are cut relative to their own peak (`InstanceRule.detect`)."""
     is_thing = [is_thing] if isinstance(is_thing, bool) else list(is_thing)
     things, stuff = [], []
     for e in examples:
@@ -34,7 +34,8 @@ def instance_rule(examples: Sequence[Example], is_thing: Sequence[bool], look_al
             stuff.append(int((inst > 0).sum()))
     smallest = min(things) * config.min_area_fraction if things else float(np.median(stuff)) / 50
     return InstanceRule(min_area=float(max(4.0, smallest)), look_alikes=tuple(sorted(look_alikes)),
-                        foreign_ceiling=config.foreign_ceiling, snap_iou=config.snap_iou)
+                        foreign_ceiling=config.foreign_ceiling, snap_iou=config.snap_iou,
+                        detect=config.weak_detect, relative=config.weak_relative)
 
 
 def find_look_alikes(examples: Sequence[Example], references: list) -> list[int]:

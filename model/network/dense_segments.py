@@ -29,6 +29,12 @@ class InstanceRule:
     # A thing segment is replaced by the query mask (of any query) that overlaps it with at least this
     # IoU: the queries' masks follow object boundaries better than a per-pixel head. 0 = never.
     snap_iou: float = 0.0
+    # Things unlike the painted ones come out less sure than those the head was taught on. A connected
+    # region above `detect` is cut at `relative` x its own peak probability (at least `detect`, at most
+    # `foreground`), so a weak instance is found whole instead of as a fragment or not at all.
+    # 1.0 = off (the foreground threshold alone, as step files written before it hold).
+    detect: float = 1.0
+    relative: float = 0.5
 
     def to_json(self) -> dict:
         return asdict(self) | {"look_alikes": list(self.look_alikes)}
@@ -64,10 +70,10 @@ def dense_segments(probs: np.ndarray, distances: np.ndarray, is_thing: list[bool
     and `owner` [H, W] say how surely and as what earlier steps hold each pixel (see
     `InstanceRule.claim`); `query_masks` [Q, H, W] bool are the query masks thing segments may snap to.
 
-    A pixel belongs to its most probable class when that probability exceeds `rule.foreground` and the
-    step may claim it. A stuff class is one segment; a thing class is split into the watershed basins
-    of its distance map, seeded by the connected cores; foreground parts without a core become one
-    instance each.
+    A pixel belongs to its most probable class when that probability exceeds `rule.foreground` (for a
+    thing, or the lower cut of its region: `thing_region`) and the step may claim it. A stuff class is
+    one segment; a thing class is split into the watershed basins of its distance map, seeded by the
+    connected cores; foreground parts without a core become one instance each.
     """
     from skimage.segmentation import watershed
 
@@ -75,7 +81,8 @@ def dense_segments(probs: np.ndarray, distances: np.ndarray, is_thing: list[bool
     claim = rule.claim(probs, held, owner)
     out = []
     for c, thing in enumerate(is_thing):
-        region = (best == c) & (probs[c] > rule.foreground) & claim
+        mine = (best == c) & claim
+        region = thing_region(probs[c], mine, rule) if thing else mine & (probs[c] > rule.foreground)
         if not region.any():
             continue
         if not thing:
@@ -94,6 +101,22 @@ def dense_segments(probs: np.ndarray, distances: np.ndarray, is_thing: list[bool
             if areas[k] >= rule.min_area:
                 out.append(DenseSegment(c, labels == k, float(sums[k] / areas[k])))
     return out
+
+
+def thing_region(prob: np.ndarray, allowed: np.ndarray, rule: InstanceRule) -> np.ndarray:
+    """Where a thing class is ([H, W] bool), from its probability [H, W] inside `allowed`: above
+    `rule.foreground`, and, with `rule.detect` below it, each connected region above `detect` cut at
+    `relative` x its peak, between `detect` and `foreground`."""
+    region = allowed & (prob > rule.foreground)
+    if rule.detect >= rule.foreground:
+        return region
+    low = allowed & (prob > rule.detect)
+    labels, n = ndimage.label(low)
+    if not n:
+        return region
+    peaks = np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1)), dtype=prob.dtype)
+    cuts = np.clip(rule.relative * peaks, rule.detect, rule.foreground)
+    return low & (prob > np.concatenate([[1.0], cuts])[labels])
 
 
 def snap_to_queries(labels: np.ndarray, n: int, query_masks: np.ndarray, min_iou: float,
