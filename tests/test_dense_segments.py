@@ -70,7 +70,8 @@ def test_snapping_takes_the_query_mask_and_joins_fragments_of_one_query():
 
 
 def test_rule_round_trips_and_old_files_keep_their_behaviour():
-    rule = InstanceRule(min_area=12.0, look_alikes=(2, 7), foreign_ceiling=0.5, snap_iou=0.5)
+    rule = InstanceRule(min_area=12.0, look_alikes=(2, 7), foreign_ceiling=0.5, snap_iou=0.5, detect=0.3,
+                        relative=0.4)
     assert InstanceRule.from_json(rule.to_json()) == rule
     old = {"foreground": 0.5, "core": 0.5, "min_area": 9.0, "override_margin": 0.1}  # before look-alikes
     loaded = InstanceRule.from_json(old)
@@ -98,8 +99,14 @@ def test_thresholds_are_searched_as_pairs(monkeypatch):
     chosen = negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [True])
     assert chosen == (0.8, 0.3) and (group.rule.foreground, group.rule.core) == (0.8, 0.3)
     # A stuff-only step has no core to choose: it keeps its own.
-    group.rule = InstanceRule(core=0.5)
-    assert negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [False]) == (0.5, 0.5)
+    group.rule = InstanceRule(core=0.4)
+    assert negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [False]) == (0.5, 0.4)
+    # Things cut by their own peak: the foreground changes no thing segment, so only the core is searched.
+    seen = []
+    monkeypatch.setattr(negatives, "_painted_quality", lambda images, rule, is_thing: seen.append(rule) or 0.0)
+    group.rule = InstanceRule(detect=0.3, relative=0.5)
+    negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [True])
+    assert {r.foreground for r in seen} == {0.5} and len(seen) == len(negatives.CORE_CANDIDATES)
 
 
 def test_weak_things_cut_at_their_own_peak():
@@ -132,3 +139,26 @@ def test_weak_things_cut_at_their_own_peak():
     assert len(stuff) == 1
     np.testing.assert_array_equal(stuff[0].mask, probs[0] > 0.6)
     assert InstanceRule.from_json({"foreground": 0.6}).detect == 1.0  # older rules: off
+    # The cut's bounds: a sure thing with `relative` 0.8 is cut at the foreground threshold (not 0.79); a
+    # weak one whose half peak is below `detect` is cut at `detect`.
+    capped = dense_segments(probs, dist, [True], InstanceRule(foreground=0.6, core=0.2, min_area=4, detect=0.2,
+                                                              relative=0.8))
+    np.testing.assert_array_equal(next(s for s in capped if s.mask[32, 20]).mask, strong > 0.6)
+    floor = InstanceRule(foreground=0.6, core=0.2, min_area=4, detect=0.3, relative=0.5)
+    floored = next(s for s in dense_segments(probs, dist, [True], floor) if s.mask[32, 60])
+    np.testing.assert_array_equal(floored.mask, weak > 0.3)
+
+
+def test_weak_things_found_per_class():
+    """Two thing classes: each class's regions are cut at their own peak, within the pixels where that
+    class is the most probable."""
+    shape = (32, 64)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    a = 0.5 * np.clip(1 - np.sqrt((yy - 16) ** 2 + (xx - 16) ** 2) / 10, 0, 1)
+    b = 0.9 * np.clip(1 - np.sqrt((yy - 16) ** 2 + (xx - 48) ** 2) / 10, 0, 1)
+    probs = np.stack([a, b])
+    rule = InstanceRule(foreground=0.6, core=0.2, min_area=4, detect=0.2, relative=0.5)
+    segments = dense_segments(probs, probs / 0.9, [True, True], rule)
+    assert sorted(s.class_index for s in segments) == [0, 1]
+    np.testing.assert_array_equal(next(s for s in segments if s.class_index == 0).mask, (a > 0.25) & (a >= b))
+    np.testing.assert_array_equal(next(s for s in segments if s.class_index == 1).mask, (b > 0.45) & (b > a))

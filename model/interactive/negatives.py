@@ -96,7 +96,9 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
     not on unknown ones) plus, for stuff classes, the IoU of the class's region with the painted one
     over the known pixels. A head trained with balanced classes leans towards the class at its
     boundaries; how far, and how touching instances split, then follows what the painting shows, not
-    hand-set numbers. Ties go to the pair nearest the defaults (foreground 0.5, core 0.5)."""
+    hand-set numbers. Ties go to the pair nearest the defaults (foreground 0.5, core 0.5). Where the
+    rule cuts things by their own peak (`InstanceRule.detect`) a step of things only has no
+    foreground threshold to choose, only the core."""
     group = model.groups[-1]
     rule = group.rule
     images = []  # what the candidates do not change, made once per image
@@ -106,8 +108,11 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
         queries = (model.resized_masks(raw, 0, raw.image_size) > 0).cpu().numpy() if rule.snap_iou > 0 else None
         images.append((probs, distances, ref.confidence.cpu().numpy(), ref.semantic.cpu().numpy(), queries, e))
     cores = CORE_CANDIDATES if any(is_thing) else (rule.core,)
-    pairs = sorted(((f, c) for f in FOREGROUND_CANDIDATES for c in cores),
-                   key=lambda p: abs(p[0] - 0.5) + abs(p[1] - 0.5))
+    foregrounds = FOREGROUND_CANDIDATES
+    if all(is_thing) and all(rule.cuts_things_by_peak(f) for f in foregrounds):
+        foregrounds = (rule.foreground,)  # things cut at half their peak: no foreground to choose
+    pairs = sorted(((f, c) for f in foregrounds for c in cores),
+                   key=lambda p: round(abs(p[0] - 0.5) + abs(p[1] - 0.5), 6))
     best, best_score = (rule.foreground, rule.core), -1.0
     for fg, core in pairs:  # both at once: how instances split depends on where the foreground ends
         score = _painted_quality(images, replace(rule, foreground=fg, core=core), is_thing)

@@ -12,8 +12,9 @@ from scipy import ndimage
 @dataclass(frozen=True)
 class InstanceRule:
     """How per-pixel maps become segments; set from the painted examples when the step is learned
-    (`model.interactive.negatives.instance_rule`; the foreground and core thresholds by `choose_thresholds`). The defaults of the last
-    three fields reproduce step files written before they existed."""
+    (`model.interactive.negatives.instance_rule`; the foreground and core thresholds by
+    `choose_thresholds`). The defaults of the fields after `override_margin` reproduce step files
+    written before they existed."""
 
     foreground: float = 0.5  # probability above which a pixel belongs to the class
     core: float = 0.5  # normalised distance above which a pixel is an instance core (a seed)
@@ -31,7 +32,9 @@ class InstanceRule:
     snap_iou: float = 0.0
     # Things unlike the painted ones come out less sure than those the head was taught on. A connected
     # region above `detect` is cut at `relative` x its own peak probability (at least `detect`, at most
-    # `foreground`), so a weak instance is found whole instead of as a fragment or not at all.
+    # `foreground`), so a weak instance is found whole instead of as a fragment or not at all. With
+    # `relative` at most the foreground threshold (Learn's 0.5) the cut never reaches it: a thing's
+    # foreground threshold then no longer matters. Touching instances in one region share its peak.
     # 1.0 = off (the foreground threshold alone, as step files written before it hold).
     detect: float = 1.0
     relative: float = 0.5
@@ -43,6 +46,11 @@ class InstanceRule:
     def from_json(data: dict) -> "InstanceRule":
         values = {k: float(v) for k, v in data.items() if k != "look_alikes"}
         return InstanceRule(**values, look_alikes=tuple(int(c) for c in data.get("look_alikes", ())))
+
+    def cuts_things_by_peak(self, foreground: float) -> bool:
+        """Whether thing regions are cut by their peak alone at this foreground threshold (it then
+        changes no thing segment)."""
+        return self.detect < foreground and self.relative <= foreground
 
     def claim(self, probs: np.ndarray, held: np.ndarray | None, owner: np.ndarray | None) -> np.ndarray:
         """Where this step may place its classes: [H, W] bool. `held`: the probability with which
