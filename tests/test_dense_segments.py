@@ -107,6 +107,11 @@ def test_thresholds_are_searched_as_pairs(monkeypatch):
     group.rule = InstanceRule(detect=0.3, relative=0.5)
     negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [True])
     assert {r.foreground for r in seen} == {0.5} and len(seen) == len(negatives.CORE_CANDIDATES)
+    # Ties go to the pair nearest the defaults, and between equally near ones to the higher thresholds.
+    monkeypatch.setattr(negatives, "_painted_quality", lambda images, rule, is_thing: float(rule.core in (0.3, 0.7)))
+    assert negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [True]) == (0.5, 0.7)
+    monkeypatch.setattr(negatives, "_painted_quality", lambda images, rule, is_thing: float(rule.core != 0.5))
+    assert negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example], [True]) == (0.5, 0.6)
 
 
 def test_weak_things_cut_at_their_own_peak():

@@ -96,7 +96,8 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
     not on unknown ones) plus, for stuff classes, the IoU of the class's region with the painted one
     over the known pixels. A head trained with balanced classes leans towards the class at its
     boundaries; how far, and how touching instances split, then follows what the painting shows, not
-    hand-set numbers. Ties go to the pair nearest the defaults (foreground 0.5, core 0.5). Where the
+    hand-set numbers. Ties go to the pair nearest the defaults (foreground 0.5, core 0.5), and between
+    pairs equally near, to the higher thresholds. Where the
     rule cuts things by their own peak (`InstanceRule.detect`) a step of things only has no
     foreground threshold to choose, only the core."""
     group = model.groups[-1]
@@ -111,8 +112,10 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
     foregrounds = FOREGROUND_CANDIDATES
     if all(is_thing) and all(rule.cuts_things_by_peak(f) for f in foregrounds):
         foregrounds = (rule.foreground,)  # things cut at half their peak: no foreground to choose
+    # Tried nearest the defaults first; of equally near pairs, the higher thresholds first (a stricter
+    # region, fewer seeds: whole instances rather than fragments).
     pairs = sorted(((f, c) for f in foregrounds for c in cores),
-                   key=lambda p: round(abs(p[0] - 0.5) + abs(p[1] - 0.5), 6))
+                   key=lambda p: (round(abs(p[0] - 0.5) + abs(p[1] - 0.5), 6), -p[0], -p[1]))
     best, best_score = (rule.foreground, rule.core), -1.0
     for fg, core in pairs:  # both at once: how instances split depends on where the foreground ends
         score = _painted_quality(images, replace(rule, foreground=fg, core=core), is_thing)
