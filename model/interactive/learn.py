@@ -311,8 +311,9 @@ class FrozenImages:
 
 
 def other_images_report(after_step, before, class_ids) -> OtherImages:
-    """On images that were not painted (`after_step`: their results after the step, `before`: before it): of the pixels an old class held, the share that still holds the same class (a pixel the
-    new classes took counts as changed); and the share of all pixels the new classes took."""
+    """On images that were not painted (`after_step`: their results after the step, `before`: before
+    it): of the pixels an old class held, the share that still holds the same class (a pixel the new
+    classes took counts as changed); and the share of all pixels the new classes took."""
     kept = held = claimed = total = 0
     for result, ref in zip(after_step, before):
         after, was = result.semantic.cpu().numpy(), ref.semantic.cpu().numpy()

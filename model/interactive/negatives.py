@@ -110,7 +110,7 @@ def choose_thresholds(model, raws: list, references: list, examples: Sequence[Ex
         images.append((probs, distances, ref.confidence.cpu().numpy(), ref.semantic.cpu().numpy(), queries, e))
     cores = CORE_CANDIDATES if any(is_thing) else (rule.core,)
     foregrounds = FOREGROUND_CANDIDATES
-    if all(is_thing) and all(rule.cuts_things_by_peak(f) for f in foregrounds):
+    if all(is_thing) and rule.cuts_things_by_peak(min(foregrounds)):
         foregrounds = (rule.foreground,)  # things cut at half their peak: no foreground to choose
     # Tried nearest the defaults first; of equally near pairs, the higher thresholds first (a stricter
     # region, fewer seeds: whole instances rather than fragments).

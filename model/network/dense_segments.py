@@ -115,13 +115,12 @@ def thing_region(prob: np.ndarray, allowed: np.ndarray, rule: InstanceRule) -> n
     """Where a thing class is ([H, W] bool), from its probability [H, W] inside `allowed`: above
     `rule.foreground`, and, with `rule.detect` below it, each connected region above `detect` cut at
     `relative` x its peak, between `detect` and `foreground`."""
-    region = allowed & (prob > rule.foreground)
     if rule.detect >= rule.foreground:
-        return region
+        return allowed & (prob > rule.foreground)
     low = allowed & (prob > rule.detect)
     labels, n = ndimage.label(low)
     if not n:
-        return region
+        return low
     peaks = np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1)), dtype=prob.dtype)
     cuts = np.clip(rule.relative * peaks, rule.detect, rule.foreground)
     return low & (prob > np.concatenate([[1.0], cuts])[labels])
