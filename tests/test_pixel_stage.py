@@ -166,6 +166,38 @@ def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_
         load_step(model, tmp_path / "damaged.safetensors")
 
 
+def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_never_on_unknown_ones(monkeypatch):
+    from model.interactive import learn as learn_module
+    from model.interactive.config import Example, LearnConfig, NewClass
+    from model.training.pixel_stage import pixel_table
+
+    model = _model()
+    head = model.groups[-1].head
+    image, labels = _painting()
+    labels[:, :40] = -1  # unknown: what was not painted
+    counts = {v: int((labels == v).sum()) for v in (0, 1, 2)}
+    entries = _entries(model, image, labels)
+    _, taken, _ = pixel_table(head, entries, PixelFitConfig(positives=100, negatives=300))
+    assert {v: int((taken == v).sum()) for v in (-1, 0, 1, 2)} == {-1: 0, 0: 300, 1: 100, 2: 100}
+    _, taken, _ = pixel_table(head, entries, PixelFitConfig(positives=10**6, negatives=10**6))
+    assert {v: int((taken == v).sum()) for v in (-1, 0, 1, 2)} == {-1: 0, **counts}
+
+    # Learn passes its settings on.
+    seen, fit = [], learn_module.fit_pixel_stage
+
+    def recording(head, entries, config, **kwargs):
+        seen.append(config)
+        return fit(head, entries, config, **kwargs)
+
+    monkeypatch.setattr(learn_module, "fit_pixel_stage", recording)
+    torch.manual_seed(0)
+    base = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    cells = ndimage.label(labels == 1)[0].astype(np.int32)
+    config = LearnConfig(iterations=2, dense_forest_trees=4, dense_forest_positives=50, dense_forest_negatives=70)
+    learn_module.learn_classes(base, [NewClass("cell", True, [Example(image, cells, complete=True)])], config)
+    assert [(c.positives, c.negatives, c.trees) for c in seen] == [(50, 70, 4)]
+
+
 def test_refine_that_fails_after_refitting_puts_the_forest_back_exactly(monkeypatch):
     from model.interactive import learn as learn_module
     from model.interactive.config import Example, LearnConfig, NewClass

@@ -213,7 +213,9 @@ class _Prepared:
                 start = time.perf_counter()
                 model.eval()
                 honest = fit_pixel_stage(model.groups[-1].head, self._pixel_entries(model, data, class_ids),
-                                         PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed),
+                                         PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed,
+                                                        positives=config.dense_forest_positives,
+                                                        negatives=config.dense_forest_negatives),
                                          threads=torch.get_num_threads(), honest=len(self.examples))
                 result.seconds += time.perf_counter() - start
         if result.state == RunState.CANCELLED:
