@@ -23,8 +23,8 @@ class PixelFitConfig:
     trees: int = 100  # fitted as two cross-fitting halves of trees // 2 each (at least 1)
     max_depth: int = 16
     min_samples_leaf: int = 1
-    positives: int = 2500  # at most this many pixels of each class per image
-    negatives: int = 5000  # and this many of its known background (Learn sets both: LearnConfig)
+    positives: int = 1000  # at most this many pixels of each class per image
+    negatives: int = 2000  # and this many of its known background (Learn sets both: LearnConfig)
     seed: int = 0
 
 
