@@ -4,6 +4,7 @@
                                                           # post-processing) are chosen
     python benchmarks/learn_quality.py                    # every case and learner on the held-out split
     python benchmarks/learn_quality.py --cases coins "ihc partial" --learners learn "cnn forest"
+    python benchmarks/learn_quality.py --learners learn "filter forest" --seeds 3   # learn trained 3 times
 
 Learners (the model learners start from the shipped base model; the peers need scikit-learn):
 - published: the ECLIPSE prompt step as published (10 prompts from the mean of the base queries, the
@@ -23,7 +24,10 @@ negatives.
 Cases: benchmarks/learn_cases.py. Per case, class and learner: PQ, SQ and TP/FP/FN of the class on
 held-out images (every other pixel counts as "not the class", so false positives cost); for the model
 learners, the share of old-class pixels kept on unrelated images and the seconds from pressing Learn to
-refreshed predictions of the painted images. Writes results.json, results.txt and learn_quality.png
+refreshed predictions of the painted images. With --seeds N each model learner is trained N times
+(seeds from LearnConfig.seed on) and a second table gives each class's PQ over them: a step retrained
+with another seed can differ a lot (the forest's share of the blend, chosen on the painting, flips).
+Writes results.json, results.txt and learn_quality.png
 into --out (the tuning split also writes the peers' post-processing choice).
 """
 
@@ -185,6 +189,15 @@ def best_peer(results: dict, k: int) -> tuple[str | None, float | None]:
     return name, scores[name]
 
 
+def seed_spread(r: dict | None, k: int) -> tuple[float, float, float, int] | None:
+    """(mean, lowest, highest PQ, runs) of class k over a model learner's seeds (`by_seed`; a refused
+    run counts as 0 PQ), or None when it ran with one seed."""
+    if not r or "by_seed" not in r:
+        return None
+    pqs = [0.0 if classes is None else classes[k]["pq"] for classes in r["by_seed"]]
+    return float(np.mean(pqs)), min(pqs), max(pqs), len(pqs)
+
+
 def format_table(rows: dict, learners) -> str:
     width = 26
     head = f"{'case':<26}" + "".join(f"{name:>{width}}" for name in learners) + f"{'learn vs best peer':>22}"
@@ -202,6 +215,7 @@ def format_table(rows: dict, learners) -> str:
                 if peer_pq > 75:
                     verdict += f", errors {(100 - pq) / max(100 - peer_pq, 1e-9):.2f}"
             lines.append(f"{label:<26}" + "".join(cells) + f"{verdict:>22}")
+    lines += _spread_lines(rows, learners)
     lines += ["", "What each learner is given: the peers the painting only; learn and published also the base model's "
               "confident old "
               "classes (painted and up to 4 other open images) as negatives. 'refused': the learner said the painting "
@@ -225,6 +239,30 @@ def format_table(rows: dict, learners) -> str:
                                     if n in results and "postprocessing" in results[n])
             for case, (_, results) in rows.items()))
     return "\n".join(lines)
+
+
+def _spread_lines(rows: dict, learners) -> list[str]:
+    """The model learners' PQ over their seeds (the table above shows the first seed's run): a retrained
+    step can differ a lot from one seed to the next."""
+    spread = [n for n in learners if n in MODEL_LEARNERS and any(seed_spread(r.get(n), 0) for _, r in rows.values())]
+    if not spread:
+        return []
+    runs = next(seed_spread(r.get(n), 0)[3] for n in spread for _, r in rows.values() if seed_spread(r.get(n), 0))
+    lines = ["", f"PQ over {runs} seeds of each model learner: mean (lowest-highest); a refused run counts 0",
+             f"{'case':<26}" + "".join(f"{n:>26}" for n in spread) + f"{'mean vs best peer':>22}"]
+    for case, (classes, results) in rows.items():
+        for k, (name, _) in enumerate(classes):
+            label = case if len(classes) == 1 else f"{case}: {name}"
+            cells, verdict = [], "-"
+            for n in spread:
+                m = seed_spread(results.get(n), k)
+                cells.append(("n/a" if m is None else f"{m[0]:5.1f} ({m[1]:.1f}-{m[2]:.1f})").rjust(26))
+            learn = seed_spread(results.get("learn"), k)
+            _, peer_pq = best_peer(results, k)
+            if learn is not None and peer_pq is not None:
+                verdict = f"{learn[0] / peer_pq:.2f}x" if peer_pq > 0 else "peer 0"
+            lines.append(f"{label:<26}" + "".join(cells) + f"{verdict:>22}")
+    return lines
 
 
 def plot(rows: dict, learners, path: Path) -> None:
@@ -264,8 +302,13 @@ def main(argv=None) -> int:
     p.add_argument("--iterations-scale", type=float, default=1.0, help="scale the model learners' iterations")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="LearnConfig fields for 'learn' (tuning experiments), e.g. dense_crop=0 iterations=150")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train each model learner this many times, with seeds seed..seed+N-1 (LearnConfig.seed), "
+                        "and report each class's PQ over them (the main table shows the first)")
     p.add_argument("--out", type=Path, default=None, help="default: runs/learn_quality[-tuning]")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     out = args.out or Path("runs/learn_quality" + ("-tuning" if args.split == "tuning" else ""))
     torch.set_num_threads(args.threads)
     choices = peer_choices(args.split) if any(n in PEERS for n in args.learners) else {}
@@ -293,7 +336,13 @@ def main(argv=None) -> int:
                                      "run the tuning split first")
                 results[learner] = run_peer(case, learner, base, choice)
             else:
-                results[learner] = run_model_learner(case, learner, base_path, before, configs[learner])
+                config = configs[learner]
+                runs = [run_model_learner(case, learner, base_path, before, replace(config, seed=config.seed + s))
+                        for s in range(args.seeds)]
+                results[learner] = runs[0]
+                if args.seeds > 1:
+                    results[learner] = runs[0] | {"by_seed": [r.get("classes") for r in runs],
+                                                  "seeds": [config.seed + s for s in range(args.seeds)]}
             r = results[learner]
             print(f"{case.name:<18} {learner:<18} " + ("refused: " + r["refused"] if "refused" in r else
                   " | ".join(cell(r, k) for k in range(len(case.classes))) + f" {r['seconds']:5.1f} s"
@@ -306,6 +355,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, args.learners)
     settings = {"split": args.split, "threads": args.threads, "iterations_scale": args.iterations_scale,
+                "seeds": args.seeds,
                 "learn": _config_json(configs["learn"]), "published": _config_json(configs["published"]),
                 "seconds": time.perf_counter() - start}
     atomic_write_json(out / "results.json", {"settings": settings, "cases": records}, sort_keys=False)

@@ -154,3 +154,43 @@ def test_a_peer_reads_the_painting_as_learn_does_and_one_class_pq():
     fake[instances == 0] = 1
     add_one_class(pq, np.zeros_like(instances), fake, True)
     assert summary(pq)["fp"] == 1
+
+
+def test_seeds_retrain_the_model_learners_and_the_report_shows_their_spread(monkeypatch, tmp_path):
+    """--seeds N trains a model learner N times (seeds from LearnConfig.seed on) and the report gives
+    each class's PQ over them, a refused run counting 0, against the best peer: a learner that is good
+    on its first seed only comes out below the peer."""
+    import json
+
+    import learn_quality
+    from learn_cases import Case
+
+    image, instances = crowded_scene(1, size=64)
+    case = Case("tiny", [("grain", True)], [[Example(image, instances, complete=True)]], [(image, [instances])], [])
+    monkeypatch.setattr(learn_quality, "build_cases", lambda split, names: [case])
+    seeds = []
+
+    def classes(pq):
+        return [{"pq": pq, "sq": 80.0, "rq": pq / 0.8, "tp": 1, "fp": 0, "fn": 1}]
+
+    def run(case, learner, base_path, before, config):
+        seeds.append(config.seed)
+        if config.seed == 8:
+            return {"refused": "nothing is known as background"}
+        return {"classes": classes({7: 60.0, 9: 30.0}[config.seed]), "seconds": 1.0, "kept": 100.0,
+                "kept_worst": 100.0, "claimed": 0.0}
+
+    monkeypatch.setattr(learn_quality, "run_model_learner", run)
+    learn_quality.main(["--learners", "learn", "--seeds", "3", "--set", "seed=7", "--out", str(tmp_path)])
+    assert seeds == [7, 8, 9]
+    text = (tmp_path / "results.txt").read_text()
+    assert " 60.0 (80.0) 1/0/1" in text  # the main table: the first seed's run
+    assert "30.0 (0.0-60.0)" in text
+    learn = json.loads((tmp_path / "results.json").read_text())["cases"]["tiny"]["results"]["learn"]
+    assert learn["seeds"] == [7, 8, 9] and learn["by_seed"][1] is None
+
+    peer = {"classes": classes(50.0), "seconds": 1.0, "postprocessing": "components"}
+    rows = {"tiny": (case.classes, {"learn": learn, "filter forest": peer})}
+    table = learn_quality.format_table(rows, ["learn", "filter forest"])
+    first, spread = table.split("PQ over 3 seeds")
+    assert "1.20x" in first and "0.60x" in spread  # 60 vs 50 on seed 7 alone, 30 vs 50 over the seeds
