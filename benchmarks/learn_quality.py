@@ -244,10 +244,12 @@ def format_table(rows: dict, learners) -> str:
 def _spread_lines(rows: dict, learners) -> list[str]:
     """The model learners' PQ over their seeds (the table above shows the first seed's run): a retrained
     step can differ a lot from one seed to the next."""
-    spread = [n for n in learners if n in MODEL_LEARNERS and any(seed_spread(r.get(n), 0) for _, r in rows.values())]
-    if not spread:
+    seeded = [(n, r[n]["by_seed"]) for n in learners if n in MODEL_LEARNERS
+              for _, r in rows.values() if "by_seed" in (r.get(n) or {})]
+    if not seeded:
         return []
-    runs = next(seed_spread(r.get(n), 0)[3] for n in spread for _, r in rows.values() if seed_spread(r.get(n), 0))
+    spread = [n for n in learners if any(name == n for name, _ in seeded)]
+    runs = max(len(b) for _, b in seeded)
     lines = ["", f"PQ over {runs} seeds of each model learner: mean (lowest-highest); a refused run counts 0",
              f"{'case':<26}" + "".join(f"{n:>26}" for n in spread) + f"{'mean vs best peer':>22}"]
     for case, (classes, results) in rows.items():
