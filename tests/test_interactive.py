@@ -443,4 +443,6 @@ def test_learn_settings_that_cannot_work_are_refused_when_made():
         LearnConfig(dense_crop=100)  # a window must fall on the stride-32 grid of the features
     with pytest.raises(ValueError, match="at least one pixel"):
         LearnConfig(dense_forest_negatives=0)  # a forest fitted on no background would claim everything
+    with pytest.raises(ValueError, match="dense_stuff_share"):
+        LearnConfig(dense_stuff_share=1.5)
     assert LearnConfig.for_learner("prompts").learner == "prompts" and LearnConfig(dense_crop=0).dense_crop == 0

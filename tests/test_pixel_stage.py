@@ -197,6 +197,52 @@ def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_
     learn_module.learn_classes(base, [NewClass("cell", True, [Example(image, cells, complete=True)])], config)
     assert [(c.positives, c.negatives, c.trees) for c in seen] == [(50, 70, 4)]
 
+    # A stuff class's share is set (LearnConfig.dense_stuff_share), a thing's chosen.
+    medium = np.where(labels == 2, 1, 0).astype(np.int32)
+    both = [NewClass("cell", True, [Example(image, cells, complete=True)]),
+            NewClass("medium", False, [Example(image, medium, complete=True)])]
+    for stuff_share in (1.0, None):
+        seen.clear()
+        base = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+        learn_module.learn_classes(base, both, LearnConfig(iterations=2, dense_forest_trees=4, dense_stuff_share=stuff_share,
+                                                           dense_stuff_share_below=1.0))
+        assert [c.fixed_shares for c in seen] == [(None, stuff_share)]
+        if stuff_share is not None:  # a share above 0 keeps the forest
+            assert float(base.groups[-1].head.pixel_stage.blend[1]) == stuff_share
+
+
+def test_stuff_shares_are_set_only_where_the_base_model_recognises_little_of_the_painted_images():
+    from types import SimpleNamespace
+
+    from model.interactive.config import LearnConfig
+    from model.interactive.learn import _Prepared
+
+    def fixed(recognised: float, **settings):
+        semantic = torch.zeros(10, 10, dtype=torch.int64)
+        semantic.view(-1)[: round(recognised * 100)] = 3  # an old class on that share of the pixels
+        prepared = SimpleNamespace(config=LearnConfig(**settings), is_thing=[True, False],
+                                   reference=[SimpleNamespace(semantic=semantic)])
+        return _Prepared._fixed_shares(prepared)
+
+    assert fixed(0.0) == (None, 1.0) and fixed(0.1) == (None, 1.0)  # microscopy: the base sees (almost) nothing
+    assert fixed(0.3) == (None, None)  # the scenes: the base knows them, the share is chosen
+    assert fixed(0.3, dense_stuff_share_below=0.5, dense_stuff_share=0.75) == (None, 0.75)
+    assert fixed(0.0, dense_stuff_share=None) == (None, None)
+
+
+def test_a_share_set_in_advance_replaces_the_chosen_one_for_its_class_only():
+    model = _model()
+    head = model.groups[-1].head
+    image, labels = _painting()
+    entries = _entries(model, image, labels)
+    fit_pixel_stage(head, entries, PixelFitConfig(trees=8))
+    chosen = head.pixel_stage.blend.clone()
+    fit_pixel_stage(head, entries, PixelFitConfig(trees=8, fixed_shares=(None, 0.25)))
+    assert float(head.pixel_stage.blend[0]) == float(chosen[0]) and float(head.pixel_stage.blend[1]) == 0.25
+    assert head.pixel_stage.forest.fitted
+    with pytest.raises(ValueError, match="fixed_shares names 3 classes"):
+        fit_pixel_stage(head, entries, PixelFitConfig(trees=8, fixed_shares=(None, 1.0, 1.0)))
+
 
 def test_refine_that_fails_after_refitting_puts_the_forest_back_exactly(monkeypatch):
     from model.interactive import learn as learn_module

@@ -215,7 +215,8 @@ class _Prepared:
                 honest = fit_pixel_stage(model.groups[-1].head, self._pixel_entries(model, data, class_ids),
                                          PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed,
                                                         positives=config.dense_forest_positives,
-                                                        negatives=config.dense_forest_negatives),
+                                                        negatives=config.dense_forest_negatives,
+                                                        fixed_shares=self._fixed_shares()),
                                          threads=torch.get_num_threads(), honest=len(self.examples))
                 result.seconds += time.perf_counter() - start
         if result.state == RunState.CANCELLED:
@@ -249,6 +250,14 @@ class _Prepared:
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, painted_report, table, others, class_ids, forest_share=share,
                            predictions=predictions)
+
+    def _fixed_shares(self) -> tuple[float | None, ...]:
+        """Per class, the pixel forest's share set in advance (None: chosen on the painting): stuff
+        classes' where the base model recognises little of the painted images (LearnConfig)."""
+        config = self.config
+        recognised = np.mean([float((ref.semantic > 0).float().mean()) for ref in self.reference])
+        fixed = config.dense_stuff_share if recognised <= config.dense_stuff_share_below else None
+        return tuple(None if thing else fixed for thing in self.is_thing)
 
     def _pixel_entries(self, model, data: ExampleSet, class_ids: list[int]) -> list:
         """(DenseInputs, labels) of every painted image and every context image kept as negatives, as

@@ -26,6 +26,9 @@ class PixelFitConfig:
     positives: int = 1000  # at most this many pixels of each class per image
     negatives: int = 2000  # and this many of its known background (Learn sets both: LearnConfig)
     seed: int = 0
+    # Per class of the step, the forest's share set in advance instead of chosen on the painting (None,
+    # or no entry: chosen). Learn sets stuff classes' (LearnConfig.dense_stuff_share).
+    fixed_shares: tuple[float | None, ...] = ()
 
 
 BLOCK = 64  # side of the squares that cross-fitting holds out together (neighbouring pixels look alike)
@@ -93,7 +96,8 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
     Cross-fitting: two forests of half the trees each are fitted, each on the pixels of one fold of a
     checkerboard of BLOCK-sized squares, and each predicts the other fold (a pixel's own neighbours,
     which look like it, are held out with it: a forest's out-of-bag votes, whose trees saw the pixel
-    next door, proved as optimistic as its fit). The share is chosen on those honest predictions; the
+    next door, proved as optimistic as its fit). The share is chosen on those honest predictions (but
+    where `config.fixed_shares` sets it); the
     stage then keeps both forests' trees as one forest (every pixel seen by half of them), so the
     honest predictions cost no extra fit. Returns, for the first `honest` entries, the stage's logits
     [1, 2C, H, W] made the same way (each pixel's forest part from the forest that did not see its
@@ -119,6 +123,9 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
             judged |= rows
     head_probs = 1 / (1 + np.exp(-features[:, -2 * c:][:, :c].astype(np.float64)))
     weights = blend_weights(held[judged, 1:], head_probs[judged], labels[judged]) if judged.any() else [0.0] * c
+    if len(config.fixed_shares) > c:
+        raise ValueError(f"fixed_shares names {len(config.fixed_shares)} classes; the step has {c}")
+    weights = [w if f is None else float(f) for w, f in zip(weights, [*config.fixed_shares, *[None] * c])]
     stage.blend.copy_(torch.as_tensor(weights, dtype=stage.blend.dtype))
     if not any(weights):  # the head alone is better: no forest to keep or evaluate
         stage.forest.resize(0, 0)
