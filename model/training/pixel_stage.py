@@ -97,11 +97,12 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
     checkerboard of BLOCK-sized squares, and each predicts the other fold (a pixel's own neighbours,
     which look like it, are held out with it: a forest's out-of-bag votes, whose trees saw the pixel
     next door, proved as optimistic as its fit). The share is chosen on those honest predictions (but
-    where `config.fixed_shares` sets it); the
-    stage then keeps both forests' trees as one forest (every pixel seen by half of them), so the
-    honest predictions cost no extra fit. Returns, for the first `honest` entries, the stage's logits
+    where `config.fixed_shares` sets it); the stage then keeps both forests' trees as one forest (every
+    pixel seen by half of them), so the honest predictions cost no extra fit. Returns, for the first `honest` entries, the stage's logits
     [1, 2C, H, W] made the same way (each pixel's forest part from the forest that did not see its
     square): what thresholds are chosen on without the forest's memory of the painting deciding them."""
+    if len(config.fixed_shares) > head.num_classes:
+        raise ValueError(f"fixed_shares names {len(config.fixed_shares)} classes; the step has {head.num_classes}")
     features, labels, folds = pixel_table(head, entries, config)
     if not (labels == 0).any() or not (labels > 0).any():
         raise ValueError("the pixel stage needs pixels of the classes and of known background")
@@ -123,8 +124,6 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
             judged |= rows
     head_probs = 1 / (1 + np.exp(-features[:, -2 * c:][:, :c].astype(np.float64)))
     weights = blend_weights(held[judged, 1:], head_probs[judged], labels[judged]) if judged.any() else [0.0] * c
-    if len(config.fixed_shares) > c:
-        raise ValueError(f"fixed_shares names {len(config.fixed_shares)} classes; the step has {c}")
     weights = [w if f is None else float(f) for w, f in zip(weights, [*config.fixed_shares, *[None] * c])]
     stage.blend.copy_(torch.as_tensor(weights, dtype=stage.blend.dtype))
     if not any(weights):  # the head alone is better: no forest to keep or evaluate
