@@ -98,9 +98,10 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
     which look like it, are held out with it: a forest's out-of-bag votes, whose trees saw the pixel
     next door, proved as optimistic as its fit). The share is chosen on those honest predictions (but
     where `config.fixed_shares` sets it); the stage then keeps both forests' trees as one forest (every
-    pixel seen by half of them), so the honest predictions cost no extra fit. Returns, for the first `honest` entries, the stage's logits
-    [1, 2C, H, W] made the same way (each pixel's forest part from the forest that did not see its
-    square): what thresholds are chosen on without the forest's memory of the painting deciding them."""
+    pixel seen by half of them), so the honest predictions cost no extra fit. Returns, for the first
+    `honest` entries, the stage's logits [1, 2C, H, W] made the same way (each pixel's forest part from
+    the forest that did not see its square): what thresholds are chosen on without the forest's memory
+    of the painting deciding them."""
     if len(config.fixed_shares) > head.num_classes:
         raise ValueError(f"fixed_shares names {len(config.fixed_shares)} classes; the step has {head.num_classes}")
     features, labels, folds = pixel_table(head, entries, config)
