@@ -204,8 +204,9 @@ def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_
     for stuff_share in (1.0, None):
         seen.clear()
         base = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
-        learn_module.learn_classes(base, both, LearnConfig(iterations=2, dense_forest_trees=4, dense_stuff_share=stuff_share,
-                                                           dense_stuff_share_below=1.0))
+        config = LearnConfig(iterations=2, dense_forest_trees=4, dense_stuff_share=stuff_share,
+                             dense_stuff_share_below=1.0)  # whatever the tiny base recognises
+        learn_module.learn_classes(base, both, config)
         assert [c.fixed_shares for c in seen] == [(None, stuff_share)]
         if stuff_share is not None:  # a share above 0 keeps the forest
             assert float(base.groups[-1].head.pixel_stage.blend[1]) == stuff_share
