@@ -166,6 +166,20 @@ def test_an_unfitted_stage_changes_nothing_and_a_fitted_one_travels_in_the_step_
         load_step(model, tmp_path / "damaged.safetensors")
 
 
+def _record_pixel_fits(monkeypatch) -> list:
+    """The PixelFitConfig of every pixel-stage fit Learn makes from now on (the fits still run)."""
+    from model.interactive import learn as learn_module
+
+    seen, fit = [], learn_module.fit_pixel_stage
+
+    def recording(head, entries, config, **kwargs):
+        seen.append(config)
+        return fit(head, entries, config, **kwargs)
+
+    monkeypatch.setattr(learn_module, "fit_pixel_stage", recording)
+    return seen
+
+
 def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_never_on_unknown_ones(monkeypatch):
     from model.interactive import learn as learn_module
     from model.interactive.config import Example, LearnConfig, NewClass
@@ -183,13 +197,7 @@ def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_
     assert {v: int((taken == v).sum()) for v in (-1, 0, 1, 2)} == {-1: 0, **counts}
 
     # Learn passes its settings on.
-    seen, fit = [], learn_module.fit_pixel_stage
-
-    def recording(head, entries, config, **kwargs):
-        seen.append(config)
-        return fit(head, entries, config, **kwargs)
-
-    monkeypatch.setattr(learn_module, "fit_pixel_stage", recording)
+    seen = _record_pixel_fits(monkeypatch)
     torch.manual_seed(0)
     base = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
     cells = ndimage.label(labels == 1)[0].astype(np.int32)
@@ -197,7 +205,15 @@ def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_
     learn_module.learn_classes(base, [NewClass("cell", True, [Example(image, cells, complete=True)])], config)
     assert [(c.positives, c.negatives, c.trees) for c in seen] == [(50, 70, 4)]
 
-    # A stuff class's share is set (LearnConfig.dense_stuff_share), a thing's chosen.
+
+def test_learn_sets_a_stuff_class_share_and_leaves_a_things_to_be_chosen(monkeypatch):
+    from model.interactive import learn as learn_module
+    from model.interactive.config import Example, LearnConfig, NewClass
+
+    seen = _record_pixel_fits(monkeypatch)
+    torch.manual_seed(0)
+    image, labels = _painting()
+    cells = ndimage.label(labels == 1)[0].astype(np.int32)
     medium = np.where(labels == 2, 1, 0).astype(np.int32)
     both = [NewClass("cell", True, [Example(image, cells, complete=True)]),
             NewClass("medium", False, [Example(image, medium, complete=True)])]
