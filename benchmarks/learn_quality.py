@@ -11,13 +11,16 @@ Learners (the model learners start from the shipped base model; the peers need s
   published losses), `LearnConfig.prompts()`, reading the painting as Learn does (unpainted pixels of an
   image not marked complete are unknown) and its delta chosen on the painted images with the known
   background counting against it;
+- adaptive: a prompt step with image-adaptive queries (`LearnConfig.adaptive()`: up to 100 queries per
+  image, started at the peaks of a per-step scorer, see model/network/adaptive_queries.py), read and its
+  delta chosen as published's;
 - learn: the project's Learn (`LearnConfig()`: a dense step);
 - filter forest / cnn forest / cnn+filter forest: random-forest pixel classifiers as ilastik/APOC and
   napari-convpaint run them (benchmarks/peers.py), each with the better of two post-processings
   (connected components or a distance watershed) chosen per case on the tuning split and read from
   benchmarks/peer_postprocessing.json on the held-out split;
 - upper: Learn trained on many labelled images (where a case has them), twice the iterations.
-What each learner is given: the peers get the painting only; learn and published also take what the base
+What each learner is given: the peers get the painting only; the model learners also take what the base
 model holds confidently for an old class (on the painted images and on up to 4 other open images) as
 negatives.
 
@@ -54,8 +57,8 @@ from model.interactive.learn import learn_classes  # noqa: E402
 from model.io.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from model.io.model_files import load_model  # noqa: E402
 
-MODEL_LEARNERS = ("published", "learn", "upper")
-LEARNERS = ("published", "learn", *PEERS, "upper")
+MODEL_LEARNERS = ("published", "adaptive", "learn", "upper")
+LEARNERS = ("published", "adaptive", "learn", *PEERS, "upper")
 NEW, OTHER = 1, 2  # the two categories of the one-class PQ
 CHOICE_FILE = Path(__file__).resolve().parent / "peer_postprocessing.json"
 
@@ -216,7 +219,7 @@ def format_table(rows: dict, learners) -> str:
                     verdict += f", errors {(100 - pq) / max(100 - peer_pq, 1e-9):.2f}"
             lines.append(f"{label:<26}" + "".join(cells) + f"{verdict:>22}")
     lines += _spread_lines(rows, learners)
-    lines += ["", "What each learner is given: the peers the painting only; learn and published also the base model's "
+    lines += ["", "What each learner is given: the peers the painting only; the model learners also the base model's "
               "confident old "
               "classes (painted and up to 4 other open images) as negatives. 'refused': the learner said the painting "
               "cannot be learned from (nothing known as background)."]
@@ -304,6 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--iterations-scale", type=float, default=1.0, help="scale the model learners' iterations")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="LearnConfig fields for 'learn' (tuning experiments), e.g. dense_crop=0 iterations=150")
+    p.add_argument("--set-adaptive", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="LearnConfig fields for 'adaptive' (tuning experiments), e.g. adaptive_queries=50")
     p.add_argument("--seeds", type=int, default=1,
                    help="train each model learner this many times, with seeds seed..seed+N-1 (LearnConfig.seed), "
                         "and report each class's PQ over them (the main table shows the first)")
@@ -315,7 +320,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     choices = peer_choices(args.split) if any(n in PEERS for n in args.learners) else {}
     learn_config = _with_settings(LearnConfig(), args.set)
-    configs = {"learn": learn_config, "upper": learn_config, "published": LearnConfig.prompts()}
+    configs = {"learn": learn_config, "upper": learn_config, "published": LearnConfig.prompts(),
+               "adaptive": _with_settings(LearnConfig.adaptive(), args.set_adaptive)}
     configs = {k: replace(c, iterations=max(1, int(c.iterations * args.iterations_scale))) for k, c in configs.items()}
     base_path = shipped_base_path()
     base = load_model(base_path).eval()
@@ -358,7 +364,7 @@ def main(argv=None) -> int:
     table = format_table(rows, args.learners)
     settings = {"split": args.split, "threads": args.threads, "iterations_scale": args.iterations_scale,
                 "seeds": args.seeds,
-                "learn": _config_json(configs["learn"]), "published": _config_json(configs["published"]),
+                **{name: _config_json(configs[name]) for name in ("learn", "published", "adaptive")},
                 "seconds": time.perf_counter() - start}
     atomic_write_json(out / "results.json", {"settings": settings, "cases": records}, sort_keys=False)
     atomic_write_text(out / "results.txt", table + "\n")

@@ -16,6 +16,8 @@ pytestmark = pytest.mark.exact
 
 FAST = LearnConfig.prompts(iterations=6, batch_size=2, num_points=256, augment_variants=2)  # a prompt step
 DENSE = LearnConfig(iterations=150, augment_variants=2)  # the default learner: a dense step
+# A prompt step with image-adaptive queries.
+ADAPTIVE = LearnConfig.adaptive(iterations=6, batch_size=2, num_points=256, augment_variants=2, adaptive_queries=20)
 
 
 def _examples(n=2, size=48):
@@ -190,7 +192,7 @@ def test_a_stuff_class_with_nothing_known_as_background_is_refused(model):
     assert result.state == "done"
 
 
-@pytest.mark.parametrize("learner", ["dense", "prompts"])
+@pytest.mark.parametrize("learner", ["dense", "prompts", "adaptive"])
 def test_a_failure_after_the_step_is_added_leaves_the_model_as_before(model, monkeypatch, learner):
     import model.interactive.learn as learn
 
@@ -199,7 +201,7 @@ def test_a_failure_after_the_step_is_added_leaves_the_model_as_before(model, mon
 
     monkeypatch.setattr(learn, "painted_images_report", broken)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = DENSE if learner == "dense" else FAST
+    config = {"dense": DENSE, "prompts": FAST, "adaptive": ADAPTIVE}[learner]
     with pytest.raises(RuntimeError, match="injected"):
         learn_class(model, "sun", True, _examples(1), config)
     state = model.state_dict()
@@ -351,7 +353,7 @@ def test_the_report_keeps_other_open_images_apart(model):
     assert result.painted is not None
 
 
-@pytest.mark.parametrize("learner", ["prompts", "dense"])
+@pytest.mark.parametrize("learner", ["prompts", "adaptive", "dense"])
 def test_learn_reports_what_predicting_afresh_gives(model, learner):
     """Learn keeps each image's frozen features and only decodes them again after the step: its report
     must be what predicting the images afresh gives, for both kinds of step."""
@@ -360,7 +362,7 @@ def test_learn_reports_what_predicting_afresh_gives(model, learner):
     examples = _examples()
     context = [_blobs(2)[0][:48, :48]]
     before = [model.predict(e.image) for e in examples + [Example(context[0], None)]]
-    config = FAST if learner == "prompts" else replace(DENSE, iterations=20)
+    config = {"prompts": FAST, "adaptive": ADAPTIVE, "dense": replace(DENSE, iterations=20)}[learner]
     result = learn_class(model, "sun", True, examples, config, context=context)
     one = FrozenImages(model, [examples[0].image]).encoded[0].nbytes
     frozen = FrozenImages(model, [e.image for e in examples] + context, budget_bytes=one)  # one kept

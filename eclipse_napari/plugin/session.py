@@ -58,7 +58,7 @@ class StepInfo:
     classes: tuple  # ClassSpec
     delta: float
     dense: bool = False  # a dense step (per-pixel head, no queries, no delta)
-    learner: str = "base"  # how the step was learned: "dense" or "prompts" (LearnConfig.learner); the base: "base"
+    learner: str = "base"  # how the step was learned: "dense", "prompts" or "adaptive" (LearnConfig.learner); the base: "base"
 
 
 class Session:

@@ -242,6 +242,8 @@ class TeachActions:
 
 def _how(result, names: list[str]) -> str:
     """Which kind of step Learn made, and for a dense step what its pixel forest weighs per class."""
+    if result.learner == "adaptive":
+        return f"an adaptive prompt step (queries start where the image shows the classes), δ = {result.delta:g}"
     if result.delta is not None:
         return f"an ECLIPSE prompt step, δ = {result.delta:g}"
     if not result.forest_share:

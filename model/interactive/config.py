@@ -43,13 +43,15 @@ class NewClass:
     color: tuple[int, int, int] | None = None  # None: a colour unlike every class the model has
 
 
-LEARNERS = ("dense", "prompts")
+LEARNERS = ("dense", "prompts", "adaptive")
 
 
 @dataclass(frozen=True)
 class LearnConfig:
     """How Learn trains. learner "dense": a dense step (a per-pixel head on the frozen features; finds any
-    number of instances and learns from partial painting); "prompts": the published ECLIPSE prompt step."""
+    number of instances and learns from partial painting); "prompts": the published ECLIPSE prompt step;
+    "adaptive": a prompt step whose queries start, per image, at the peaks of a per-step scorer
+    (`model.network.adaptive_queries`)."""
 
     learner: str = "dense"
     iterations: int = 300
@@ -57,7 +59,8 @@ class LearnConfig:
     lr: float = 3e-3
     clip_norm: float = 1.0
     num_prompts: int = 10  # prompts only
-    num_points: int = 3136  # prompts only: points per mask in the losses
+    num_points: int = 3136  # prompts and adaptive: points per mask in the losses
+    adaptive_queries: int = 100  # adaptive only: queries per image (the most instances it can find)
     dense_hidden: int = 32  # dense only: channels of the head at stride 4
     # Dense only: channels of the head's full-resolution path (0 = none: the stride-4 logits, upsampled).
     # Measured on the tuning split over 3 seeds, 16 channels with the image's filter bank gave the same PQ
@@ -117,6 +120,8 @@ class LearnConfig:
             raise ValueError(f"dense_stuff_share must lie in [0, 1] or be None, got {self.dense_stuff_share}")
         if not 0.0 <= self.dense_stuff_share_below <= 1.0:
             raise ValueError(f"dense_stuff_share_below must lie in [0, 1], got {self.dense_stuff_share_below}")
+        if self.adaptive_queries < 1:
+            raise ValueError(f"adaptive_queries must be at least 1, got {self.adaptive_queries}")
         if self.dense_crop < 0 or self.dense_crop % 32:
             raise ValueError(f"dense_crop must be 0 or a positive multiple of 32, got {self.dense_crop}")
 
@@ -125,7 +130,9 @@ class LearnConfig:
         """The settings measured for a learner (`LEARNERS`), with `changes`."""
         if learner not in LEARNERS:
             raise ValueError(f"unknown learner {learner!r}; choose from {list(LEARNERS)}")
-        return LearnConfig.prompts(**changes) if learner == "prompts" else LearnConfig(**changes)
+        if learner == "prompts":
+            return LearnConfig.prompts(**changes)
+        return LearnConfig.adaptive(**changes) if learner == "adaptive" else LearnConfig(**changes)
 
     @staticmethod
     def prompts(**changes) -> "LearnConfig":
@@ -134,6 +141,11 @@ class LearnConfig:
         scenes' augmentation."""
         settings = dict(learner="prompts", iterations=100, batch_size=4, lr=3e-3, clip_norm=0.01, augment=scenes())
         return LearnConfig(**(settings | changes))
+
+    @staticmethod
+    def adaptive(**changes) -> "LearnConfig":
+        """The adaptive prompt step with the prompt step's settings (README: Learn, measured)."""
+        return LearnConfig.prompts(**({"learner": "adaptive"} | changes))
 
 
 @dataclass
@@ -155,6 +167,7 @@ class LearnResult:
     # by `examples.image_digest`: made anyway for the thresholds and reports, so a viewer need not
     # predict those images again.
     predictions: dict = field(default_factory=dict, repr=False)
+    learner: str = "dense"  # how the step was learned (`LearnConfig.learner`)
 
 
 @dataclass(frozen=True)

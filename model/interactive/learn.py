@@ -6,7 +6,8 @@
 reports whether the old classes' predictions changed, on the painted images and, apart, on other open
 images. `refine_last_step` retrains the newest step on more or corrected painting, starting from its
 weights. The default step is dense (a per-pixel head, see `model.network.dense_head`);
-`LearnConfig.prompts()` gives the published prompt step, whose delta is then chosen on the examples.
+`LearnConfig.prompts()` gives the published prompt step and `LearnConfig.adaptive()` a prompt step with
+image-adaptive queries (`model.network.adaptive_queries`); their delta is then chosen on the examples.
 Cancel or any failure leaves the model exactly as before (the new step removed, a refined step's
 tensors and rule put back).
 """
@@ -66,6 +67,10 @@ def learn_classes(
             torch.manual_seed(config.seed)
             model.add_dense_step(names, is_thing, colors, config.dense_hidden, config.dense_fine, config.dense_inputs,
                                  prepared.rule, config.dense_filters, config.dense_forest_trees > 0)
+    elif config.learner == "adaptive":
+        with torch.random.fork_rng():  # the scorer's initial weights depend on the seed only
+            torch.manual_seed(config.seed)
+            model.add_adaptive_step(names, is_thing, config.adaptive_queries, colors)
     else:
         model.add_step(names, is_thing, config.num_prompts, colors)
     try:  # from here on, any failure removes the step again
@@ -106,8 +111,8 @@ def refine_last_step(
     if dense and not hasattr(group.head, "forward_both"):
         raise ValueError("the newest step was learned by an earlier version of this program and cannot be "
                          "retrained: remove it and Learn its classes again (the painting is kept)")
-    if config.learner != ("dense" if dense else "prompts"):  # the step's kind decides; keep the iterations
-        config = LearnConfig.for_learner("dense" if dense else "prompts", iterations=config.iterations)
+    if config.learner != group.learner:  # the step's kind decides; keep the iterations
+        config = LearnConfig.for_learner(group.learner, iterations=config.iterations)
     saved = {k: v.detach().clone() for k, v in group.state_dict().items()}
     saved_rule, saved_deltas = getattr(group, "rule", None), model.deltas
     # The step's own predictions are not "what the model knew": the references come from the model as
@@ -249,7 +254,7 @@ class _Prepared:
         predictions = {image_digest(image): r for image, r in zip(self.frozen.images, results)}
         return LearnResult(RunState.DONE, class_ids[0], None if self.dense else model.deltas[-1], result.seconds,
                            result.losses, painted_report, table, others, class_ids, forest_share=share,
-                           predictions=predictions)
+                           predictions=predictions, learner=config.learner)
 
     def _fixed_shares(self) -> tuple[float | None, ...]:
         """Per class, the pixel forest's share set in advance (None: chosen on the painting): stuff

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..network.adaptive_queries import AdaptiveGroup
 from ..network.build import build_model
 from ..network.classes import ClassSpec
 from ..network.config import ModelConfig
@@ -93,6 +94,8 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
         raise ValueError(f"the model has steps 1..{model.num_steps}, not {step}")
     if isinstance(group, DenseGroup):
         layout = {"dense_head": {**group.head.layout(), "rule": group.rule.to_json()}}
+    elif isinstance(group, AdaptiveGroup):
+        layout = {"adaptive_queries": group.layout()}
     else:
         layout = {"position_sets": group.positions.shape[0], "owns_no_object_head": group.no_object_head is not None}
     metadata = {
@@ -109,7 +112,7 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
     save_tensor_file(path, step_tensors(model, step), STEP_KIND, metadata)
 
 
-def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | DenseGroup:
+def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | DenseGroup | AdaptiveGroup:
     """Appends the step stored in `path` to `model`; refuses a step of another base or out of order."""
     tensors, meta = load_tensor_file(path, kind=STEP_KIND)
     try:
@@ -118,6 +121,9 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         base_fp, parent_fp = meta["base_fingerprint"], meta["parent_fingerprint"]
         if "dense_head" in meta:  # a dense step (no queries)
             layout, rule = dict(meta["dense_head"]), InstanceRule.from_json(meta["dense_head"]["rule"])
+        elif "adaptive_queries" in meta:
+            queries = int(meta["adaptive_queries"]["queries"])
+            scorer_hidden = int(meta["adaptive_queries"]["scorer_hidden"])
         else:
             position_sets, owns_no_object = int(meta["position_sets"]), bool(meta["owns_no_object_head"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -145,6 +151,12 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: the dense step's head does not fit this model ({exc})") from exc
         group = DenseGroup(classes, head, rule)
+    elif "adaptive_queries" in meta:
+        try:
+            group = AdaptiveGroup(queries, model.config.hidden_dim, classes, model.decoder.num_layers, True,
+                                  scorer_hidden=scorer_hidden)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: the adaptive step's layout is invalid ({exc})") from exc
     else:
         content = tensors.get("content")
         if content is None or content.ndim != 2:

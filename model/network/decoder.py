@@ -169,14 +169,15 @@ class MaskedAttentionDecoder(nn.Module):
         if group_ids is None:
             group_ids = list(range(len(self.groups)))
         group_ids = [g for g in group_ids if self.groups[g].num_queries > 0]  # dense steps have none
-        batch = mask_features.shape[0]
         if prepared is None:
             prepared = self.prepare(memories, mask_features, project=False)
         level_features, projected = prepared.level_features, prepared.keys_values
         inputs = self._memory_inputs(prepared.memories) if projected is None else None
 
         groups = [self.groups[g] for g in group_ids]
-        hidden = [g.content.unsqueeze(0).expand(batch, -1, -1) for g in groups]
+        # A prompt group's queries are the same for every image; an adaptive group's start at the image.
+        starts = [g.queries(mask_features) for g in groups]
+        hidden = [content for content, _ in starts]
         preds = [self.predict(h, g) for h, g in zip(hidden, groups)]
         out = DecoderOutput([], [], self.class_logits, group_ids=list(group_ids))
         self._collect(out, preds)
@@ -189,7 +190,7 @@ class MaskedAttentionDecoder(nn.Module):
                 if record_attention:
                     out.blocked.append(blocked)  # flattened per group, regrouped below
                 blocked = blocked & ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything
-                pos = g.position(i).unsqueeze(0).expand(batch, -1, -1)
+                pos = starts[k][1](i)
                 hidden[k] = layer(hidden[k], kv, pos, blocked)
                 preds[k] = self.predict(hidden[k], g)
             self._collect(out, preds)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adaptive_queries import AdaptiveGroup
 from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
 from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
@@ -123,6 +124,27 @@ class EclipseModel(nn.Module):
         group = QueryGroup(num_prompts, dim, classes, layers, train_no_object, delta).to(base.content.device)
         group.content.copy_(base.content.mean(0).expand_as(group.content))
         group.positions.copy_(base.positions.mean((0, 1)).expand_as(group.positions))
+        self._append_query_group(group, train_no_object)
+        return group
+
+    @torch.no_grad()
+    def add_adaptive_step(self, class_names, is_thing, num_queries: int = 100, colors=None,
+                          delta: float = DEFAULT_STEP_DELTA, scorer_hidden: int = 64) -> AdaptiveGroup:
+        """Adds a prompt step whose queries start, per image, at the top peaks of a per-step scorer on
+        the frozen features (`adaptive_queries`): up to `num_queries` instances per image. Heads are
+        initialised as a prompt step's; its prompts start at the mean of the base queries."""
+        classes = self._new_classes(class_names, is_thing, colors)
+        base = self.decoder.groups[0]
+        group = AdaptiveGroup(num_queries, self.config.hidden_dim, classes, self.decoder.num_layers, True, delta,
+                              scorer_hidden).to(base.content.device)
+        group.content.copy_(base.content.mean(0).expand_as(group.content))
+        self._append_query_group(group, True)
+        return group
+
+    def _append_query_group(self, group, train_no_object: bool) -> None:
+        """ECLIPSE's initialisation of a new step's heads (the base's mask MLP, the no-object head as the
+        class head of every new class), then appends it and freezes everything else."""
+        base = self.decoder.groups[0]
         group.mask_mlp.load_state_dict(base.mask_mlp.state_dict())
         no_object = self.decoder.no_object_head()
         for i in range(2):
@@ -137,7 +159,6 @@ class EclipseModel(nn.Module):
             base.delta.fill_(DEFAULT_BASE_DELTA)
         self.decoder.groups.append(group)
         self.freeze_for_training()
-        return group
 
     @torch.no_grad()
     def add_dense_step(self, class_names, is_thing, colors=None, hidden: int = 32, fine: int = 0,

@@ -53,6 +53,12 @@ class QueryGroup(nn.Module):
     def position(self, layer: int) -> torch.Tensor:
         return self.positions[layer if self.positions.shape[0] > 1 else 0]
 
+    def queries(self, mask_features: torch.Tensor):
+        """(content [B, Q, D], position of decoder layer i as a function of i): the same for every image."""
+        batch = mask_features.shape[0]
+        return (self.content.unsqueeze(0).expand(batch, -1, -1),
+                lambda layer: self.position(layer).unsqueeze(0).expand(batch, -1, -1))
+
 
 class DenseGroup(nn.Module):
     """A continual step without queries: its classes are found per pixel by a dense head on the frozen

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from ..io.atomic import atomic_write
 from ..io.tensor_files import CheckpointError, load_torch_weights_only
+from ..network.adaptive_queries import AdaptiveGroup
 from ..network.decoder import DecoderMemory
 from ..network.dense_head import DenseInputs
 from ..network.eclipse import EclipseModel
@@ -211,6 +212,10 @@ class Trainer:
             size = (mask_features.shape[-2] * 4, mask_features.shape[-1] * 4)
             targets = pad_targets([t for _, _, t in items], size)
             losses = self.criterion(_float(preds), targets, generator=generator)
+            group = self.model.groups[-1]
+            if isinstance(group, AdaptiveGroup):  # its scorer learns where the queries start
+                losses["loss_scorer"] = group.scorer_loss(mask_features, targets, self.model.class_ids(self.model.num_steps))
+                losses["loss"] = losses["loss"] + losses["loss_scorer"]
             weight = len(items) / len(plan)
             for k, v in losses.items():
                 parts[k] = parts.get(k, 0.0) + v * weight

@@ -1,0 +1,155 @@
+"""A prompt step with image-adaptive queries: queries start at the peaks of a per-step scorer."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from model import Example, LearnConfig, NewClass, learn_class
+from model.network.adaptive_queries import AdaptiveGroup, centre_targets
+from model.network.build import build_model
+from model.network.classes import make_classes
+from model.network.config import tiny_config
+from model.network.eclipse import to_chw_tensor
+
+from test_interactive import _blobs, _same, _state_of
+
+# Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
+pytestmark = pytest.mark.exact
+
+FAST = LearnConfig.adaptive(iterations=6, batch_size=2, num_points=256, augment_variants=2, adaptive_queries=30)
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+
+
+def _group(classes=("blob",), queries=4, dim=8) -> AdaptiveGroup:
+    torch.manual_seed(0)
+    return AdaptiveGroup(queries, dim, make_classes(list(classes), [True] * len(classes)), 3, True)
+
+
+def test_queries_start_at_the_scorer_peaks_with_the_pixel_feature_and_its_position():
+    group = _group(("a", "b"), queries=3)
+    features = torch.randn(1, 8, 6, 7)
+    scores = torch.full((1, 2, 6, 7), -5.0)
+    scores[0, 0, 1, 2] = 3.0  # a peak of class a
+    scores[0, 0, 1, 3] = 2.5  # beside it, lower: not a peak
+    scores[0, 1, 4, 5] = 2.0  # a peak of class b
+    scores[0, 0, 5, 0] = 1.0  # a weaker peak of class a
+    group.score = lambda _: scores
+    cls, pixel = group.select(scores)
+    assert cls.tolist() == [[0, 1, 0]] and pixel.tolist() == [[1 * 7 + 2, 4 * 7 + 5, 5 * 7 + 0]]
+    with torch.no_grad():
+        group.content.copy_(torch.stack([torch.full((8,), 10.0), torch.full((8,), -10.0)]))
+    content, position = group.queries(features)
+    assert content.shape == (1, 3, 8)
+    # The projection starts as the identity: content = the class's prompt + the pixel's feature.
+    torch.testing.assert_close(content[0, 0], 10.0 + features[0, :, 1, 2])
+    torch.testing.assert_close(content[0, 1], -10.0 + features[0, :, 4, 5])
+    from model.network.position_encoding import sine_position_encoding
+    encoding = sine_position_encoding(6, 7, 4)
+    torch.testing.assert_close(position(0)[0, 2], encoding[0, :, 5, 0])  # the offsets start at zero
+
+
+def test_a_small_image_gets_one_query_per_feature_pixel_at_most():
+    group = _group(queries=50)
+    content, position = group.queries(torch.randn(2, 8, 3, 4))
+    assert content.shape == (2, 12, 8) and position(2).shape == (2, 12, 8)
+
+
+def test_centre_targets_peak_at_each_instance_centre_cover_stuff_and_say_what_is_known():
+    masks = torch.zeros(3, 40, 40, dtype=torch.bool)
+    masks[0, 4:24, 4:24] = True  # a thing instance, 20 px: 5 feature pixels
+    masks[1, 28:40, 0:40] = True  # a stuff region
+    masks[2, 0:12, 28:40] = True  # known background
+    target = {"labels": torch.tensor([5, 6, 0]), "masks": masks}
+    heat, known = centre_targets(target, [5, 6], [True, False], (10, 10))
+    thing, stuff = heat[0], heat[1]
+    assert thing[3, 3] == 1.0 and 0 < thing[1, 1] < thing[2, 2] < 1.0 and thing[8, 8] == 0
+    assert (stuff[7:, :] == 1).all() and stuff[:7].sum() == 0
+    assert known[3, 3] and known[9, 0] and known[0, 9] and not known[5, 8]  # unpainted: unknown
+    # No background mask: the painting is complete, every pixel known.
+    _, known = centre_targets({"labels": target["labels"][:2], "masks": masks[:2]}, [5, 6], [True, False], (10, 10))
+    assert known.all()
+
+
+def test_the_scorer_learns_where_the_instances_are(model):
+    image, instances = _blobs(0)
+    learn_class(model, "blob", True, [Example(image, instances, complete=True)],
+                replace(FAST, iterations=60, batch_size=2))
+    group = model.groups[-1]
+    test_image, test_instances = _blobs(1)
+    with torch.no_grad():
+        encoded = model.encode_images(to_chw_tensor(test_image)[None])
+        cls, pixel = group.select(group.score(encoded.mask_features))
+    width = encoded.mask_features.shape[-1]
+    count = int(test_instances.max())
+    ys, xs = pixel[0, :count] // width * 4 + 2, pixel[0, :count] % width * 4 + 2
+    hits = {int(test_instances[y, x]) for y, x in zip(ys.tolist(), xs.tolist())} - {0}
+    # The top peaks fall on distinct instances: most of the 24 (a prompt step has 10 queries in all).
+    assert len(hits) >= 0.75 * count
+
+
+def test_adaptive_step_keeps_old_outputs_bit_identical_saves_and_undo_is_exact(model, tmp_path):
+    from model import load_model, save_model
+
+    image, instances = _blobs(0)
+    x = to_chw_tensor(image)[None]
+    before_state = _state_of(model)
+    with torch.no_grad():
+        before = model.infer(x)
+    result = learn_class(model, "blob", True, [Example(image, instances)], FAST)
+    assert result.state == "done" and result.learner == "adaptive" and result.delta == model.deltas[-1]
+    assert model.groups[-1].num_queries == 30 and model.groups[-1].learner == "adaptive"
+    with torch.no_grad():
+        after = model.infer(x)
+    q = before.logits.shape[1]
+    assert after.logits.shape[1] == q + 30
+    old = list(range(before.logits.shape[-1] - 1))
+    assert torch.equal(after.logits[:, :q, old], before.logits[..., :-1])
+    assert torch.equal(after.mask_logits[:, :q], before.mask_logits)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").eval()
+    assert isinstance(loaded.groups[-1], AdaptiveGroup) and loaded.groups[-1].num_queries == 30
+    assert torch.equal(loaded.predict(image).panoptic_seg, model.predict(image).panoptic_seg)
+    model.remove_last_step()
+    assert _same(before_state, _state_of(model))
+
+
+def test_refine_retrains_an_adaptive_step_as_one(model):
+    from model.interactive.learn import refine_last_step
+
+    image, instances = _blobs(0)
+    learn_class(model, "blob", True, [Example(image, instances)], FAST)
+    learned = _state_of(model)
+    result = refine_last_step(model, [NewClass("blob", True, [Example(image, instances), Example(*_blobs(1))])],
+                              LearnConfig(iterations=4))  # a dense config: the step's own kind decides
+    assert result.refined and result.learner == "adaptive" and len(result.losses) == 4
+    assert isinstance(model.groups[-1], AdaptiveGroup) and not _same(learned, _state_of(model))
+
+
+def test_a_step_file_with_a_bad_adaptive_layout_is_refused(model, tmp_path):
+    from model.io.model_files import load_step, save_step
+    from model.io.tensor_files import CheckpointError, load_tensor_file, save_tensor_file
+
+    model.add_adaptive_step(["blob"], [True], num_queries=5)
+    save_step(model, 1, tmp_path / "step.safetensors")
+    model.remove_last_step()
+    tensors, meta = load_tensor_file(tmp_path / "step.safetensors", kind="eclipse-step")
+    meta["adaptive_queries"]["queries"] = 0
+    save_tensor_file(tmp_path / "bad.safetensors", tensors, "eclipse-step", meta)
+    with pytest.raises(CheckpointError, match="adaptive"):
+        load_step(model, tmp_path / "bad.safetensors")
+    assert model.num_steps == 0
+    loaded = load_step(model, tmp_path / "step.safetensors")
+    assert isinstance(loaded, AdaptiveGroup) and loaded.num_queries == 5
+
+
+def test_adaptive_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="adaptive_queries"):
+        LearnConfig.adaptive(adaptive_queries=0)
+    assert LearnConfig.for_learner("adaptive").learner == "adaptive"
