@@ -11,7 +11,9 @@ from model.network.adaptive_queries import AdaptiveGroup, centre_targets
 from model.network.build import build_model
 from model.network.classes import make_classes
 from model.network.config import tiny_config
-from model.network.eclipse import to_chw_tensor
+from model.network.eclipse import RawPrediction, to_chw_tensor
+from model.network.position_encoding import sine_position_encoding
+from model.network.postprocess import panoptic_merge
 
 from test_interactive import _blobs, _same, _state_of
 
@@ -45,20 +47,57 @@ def test_queries_start_at_the_scorer_peaks_with_the_pixel_feature_and_its_positi
     assert cls.tolist() == [[0, 1, 0]] and pixel.tolist() == [[1 * 7 + 2, 4 * 7 + 5, 5 * 7 + 0]]
     with torch.no_grad():
         group.content.copy_(torch.stack([torch.full((8,), 10.0), torch.full((8,), -10.0)]))
-    content, position = group.queries(features)
+    content, position, bias = group.queries(features)
     assert content.shape == (1, 3, 8)
     # The projection starts as the identity: content = the class's prompt + the pixel's feature.
     torch.testing.assert_close(content[0, 0], 10.0 + features[0, :, 1, 2])
     torch.testing.assert_close(content[0, 1], -10.0 + features[0, :, 4, 5])
-    from model.network.position_encoding import sine_position_encoding
     encoding = sine_position_encoding(6, 7, 4)
     torch.testing.assert_close(position(0)[0, 2], encoding[0, :, 5, 0])  # the offsets start at zero
 
 
 def test_a_small_image_gets_one_query_per_feature_pixel_at_most():
     group = _group(queries=50)
-    content, position = group.queries(torch.randn(2, 8, 3, 4))
+    content, position, _ = group.queries(torch.randn(2, 8, 3, 4))
     assert content.shape == (2, 12, 8) and position(2).shape == (2, 12, 8)
+
+
+def test_a_query_mask_is_biased_towards_where_the_query_started_by_a_learned_reach():
+    group = _group(queries=1)
+    scores = torch.full((1, 1, 8, 8), -5.0)
+    scores[0, 0, 2, 5] = 1.0
+    group.score = lambda _: scores
+    _, _, bias = group.queries(torch.randn(1, 8, 8, 8))
+    hidden = torch.randn(1, 1, 8)
+    near = bias(hidden, (8, 8))[0, 0]
+    assert near[2, 5] == 0 and near.max() == 0 and near[2, 6] < 0 and near[7, 0] < near[2, 6]
+    # At another resolution (a decoder level) the bias is centred on the same place of the image.
+    assert bias(hidden, (16, 16))[0, 0, 4:6, 10:12].max() > bias(hidden, (16, 16))[0, 0, 12, 2]
+    with torch.no_grad():  # a longer reach: a weaker pull
+        group.locality.bias.fill_(5.0)
+    assert bias(hidden, (8, 8))[0, 0, 7, 0] > near[7, 0]
+
+
+def test_duplicates_of_an_adaptive_step_are_dropped_in_the_merge_and_old_queries_are_not(model):
+    model.add_adaptive_step(["blob"], [True], num_queries=4)
+    logits = torch.full((3, 4), -9.0)
+    logits[0, 1] = logits[1, 2] = logits[2, 2] = 5.0  # an old car, and two blobs on one instance
+    masks = torch.full((3, 10, 10), -9.0)
+    masks[0, :3] = 9.0
+    masks[0, 3:5] = -10.0  # (where no mask is on, the argmax goes to the first blob, not the car)
+    masks[0, 5:, :5] = 8.5  # the car loses this to the blob: it keeps 30 of its 55 pixels
+    masks[1, 5:] = 9.0
+    masks[2, 5:9] = 8.0  # the duplicate wins only 8 of its 40 pixels
+    masks[2, 5:9, 8:] = 9.5
+    raw = RawPrediction(logits[None], masks[None], (40, 40), (10, 10), group_queries=[1, 2])
+    thresholds = model._overlap_thresholds(raw, 0.0)
+    assert thresholds.tolist() == pytest.approx([0.0, 0.8, 0.8])
+    kept = panoptic_merge(logits, masks, [False, True, True], 0.0, thresholds)
+    assert sorted(s.category_id for s in kept.segments) == [2, 3]  # the car and one blob
+    everything = panoptic_merge(logits, masks, [False, True, True], 0.0, 0.0)
+    assert sorted(s.category_id for s in everything.segments) == [2, 3, 3]
+    strict = panoptic_merge(logits, masks, [False, True, True], 0.0, 0.8)  # for every query: the car goes too
+    assert sorted(s.category_id for s in strict.segments) == [3]
 
 
 def test_centre_targets_peak_at_each_instance_centre_cover_stuff_and_say_what_is_known():
@@ -85,7 +124,8 @@ def test_the_scorer_learns_where_the_instances_are(model):
     test_image, test_instances = _blobs(1)
     with torch.no_grad():
         encoded = model.encode_images(to_chw_tensor(test_image)[None])
-        cls, pixel = group.select(group.score(encoded.mask_features))
+        pixels = group.pixel_features(encoded.mask_features, encoded.dense.levels)
+        cls, pixel = group.select(group.score(pixels))
     width = encoded.mask_features.shape[-1]
     count = int(test_instances.max())
     ys, xs = pixel[0, :count] // width * 4 + 2, pixel[0, :count] % width * 4 + 2

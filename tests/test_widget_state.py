@@ -2,6 +2,8 @@
 an undo, the legend follows the layer selected, a failed model load keeps a way out, the newest step is
 shown, new classes get colours of their own, messages name what was written, Threads applies to Predict."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -141,10 +143,15 @@ def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make
     assert state.keys() == base.keys() and all(torch.equal(state[k], v) for k, v in base.items())
 
 
-def test_a_prompt_step_chosen_in_the_widget_trains_refines_exports_and_imports(make_napari_viewer, qtbot, tmp_path):
-    """The Learner control: ECLIPSE's prompt step learns, is shown as such in the Steps list, Refine
-    retrains it as a prompt step with its own iterations (not the dense spin box's), and it survives an
-    export, undo and import."""
+@pytest.mark.parametrize("learner,queries,shown,report", [
+    ("prompts", 10, "prompts (ECLIPSE), δ=", "ECLIPSE prompt step"),
+    ("adaptive", 100, "adaptive prompts (ECLIPSE, queries per image), δ=", "adaptive prompt step"),
+])
+def test_a_prompt_step_chosen_in_the_widget_trains_refines_exports_and_imports(
+        make_napari_viewer, qtbot, tmp_path, learner, queries, shown, report):
+    """The Learner control: ECLIPSE's prompt step (as published, or with adaptive queries) learns, is
+    shown as such in the Steps list, Refine retrains it as that kind of step with its own iterations (not
+    the dense spin box's), and it survives an export, undo and import."""
     from eclipse_napari.plugin.sample_data import class_instances
     from model.interactive.config import LearnConfig
 
@@ -155,23 +162,26 @@ def test_a_prompt_step_chosen_in_the_widget_trains_refines_exports_and_imports(m
     widget.add_annotation_layer().data = class_instances(1, "sand")
     widget.flush_annotations()
     assert widget.iterations.value() == LearnConfig().iterations
-    widget.learner.setCurrentIndex(widget.learner.findData("prompts"))
-    assert widget.iterations.value() == LearnConfig.prompts().iterations  # the learner's own default
+    widget.learner.setCurrentIndex(widget.learner.findData(learner))
+    assert widget.iterations.value() == LearnConfig.for_learner(learner).iterations  # the learner's own default
     widget.iterations.setValue(8)
     widget.learn()
     wait_ready(widget, qtbot, timeout=300_000)
     model = widget.session.model
     assert widget.last_learn.state == "done", widget.last_message
-    assert model.groups[-1].num_queries == 10 and "prompts (ECLIPSE), δ=" in widget.steps.item(1).text()
-    assert "ECLIPSE prompt step" in widget.report.text()
+    assert model.groups[-1].num_queries == queries and shown in widget.steps.item(1).text()
+    assert report in widget.report.text()
     used = []
     refine = widget.session.refine
-    widget.session.refine = lambda classes, config, **kw: used.append(config) or refine(classes, config, **kw)
+    # What Refine asks for is recorded; it then runs a few iterations (the test checks the request, and
+    # a full refine of an adaptive step costs minutes on CPU).
+    widget.session.refine = lambda classes, config, **kw: (used.append(config)
+                                                           or refine(classes, replace(config, iterations=5), **kw))
     widget.learner.setCurrentIndex(widget.learner.findData("dense"))  # the step's own learner decides
     widget.refine()
     wait_ready(widget, qtbot, timeout=300_000)
     assert widget.last_learn.refined, widget.last_message
-    assert used[0].learner == "prompts" and used[0].iterations == LearnConfig.prompts().iterations
+    assert used[0].learner == learner and used[0].iterations == LearnConfig.for_learner(learner).iterations
     learned = {k: v.clone() for k, v in model.state_dict().items()}
     assert widget.export_step(str(tmp_path / "sand"))
     assert widget.undo()
@@ -180,7 +190,7 @@ def test_a_prompt_step_chosen_in_the_widget_trains_refines_exports_and_imports(m
     wait_ready(widget, qtbot)
     state = widget.session.model.state_dict()
     assert state.keys() == learned.keys() and all(torch.equal(state[k], v) for k, v in learned.items())
-    assert "prompts (ECLIPSE), δ=" in widget.steps.item(1).text()
+    assert shown in widget.steps.item(1).text()
 
 
 def test_each_prediction_and_painting_lies_on_its_own_image_when_several_are_shown(

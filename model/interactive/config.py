@@ -61,6 +61,8 @@ class LearnConfig:
     num_prompts: int = 10  # prompts only
     num_points: int = 3136  # prompts and adaptive: points per mask in the losses
     adaptive_queries: int = 100  # adaptive only: queries per image (the most instances it can find)
+    # prompts and adaptive: the set losses on every decoder layer's prediction (else the last only)
+    deep_supervision: bool = True
     dense_hidden: int = 32  # dense only: channels of the head at stride 4
     # Dense only: channels of the head's full-resolution path (0 = none: the stride-4 logits, upsampled).
     # Measured on the tuning split over 3 seeds, 16 channels with the image's filter bank gave the same PQ
@@ -144,8 +146,11 @@ class LearnConfig:
 
     @staticmethod
     def adaptive(**changes) -> "LearnConfig":
-        """The adaptive prompt step with the prompt step's settings (README: Learn, measured)."""
-        return LearnConfig.prompts(**({"learner": "adaptive"} | changes))
+        """The adaptive prompt step: the prompt step's settings, but 200 iterations with the set losses on
+        the last decoder layer only (tuning split, coins: 72.1 PQ in 95 s, against 60.9 in 236 s with every
+        layer's losses and 26.4 after 100 iterations; 400 iterations: 51.0, duplicates kept)."""
+        settings = {"learner": "adaptive", "iterations": 200, "deep_supervision": False}
+        return LearnConfig.prompts(**(settings | changes))
 
 
 @dataclass

@@ -175,7 +175,7 @@ class _Prepared:
         # after training the delta choice and the reports only run the decoder and heads on them again.
         self.dense = config.learner == "dense"
         self.frozen = FrozenImages(model, [e.image for e in self.examples] + self.context,
-                                   dense=self.dense or model.has_dense_steps)
+                                   dense=config.learner in ("dense", "adaptive") or model.needs_dense_inputs)
         self.reference = [self.frozen.predict(model, k) for k in range(len(self.examples))]
         self.context_refs = [self.frozen.predict(model, len(self.examples) + k)  # for negatives and the report
                              for k in range(len(self.context))]
@@ -207,7 +207,8 @@ class _Prepared:
             iterations=config.iterations, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
             clip_norm=config.clip_norm, augment_variants=config.augment_variants, dense_crop=config.dense_crop,
             # the published losses' settings; a dense step has its own per-pixel losses (training.dense)
-            **({} if self.dense else {"loss": LossConfig(num_points=config.num_points)}),
+            **({} if self.dense else {"loss": LossConfig(num_points=config.num_points,
+                                                          deep_supervision=config.deep_supervision)}),
         )
         result = train(model, data, train_config, device=device, callback=callback, cancel=cancel)
         honest = None  # the painted images' dense logits with the pixel forest cross-fitted
@@ -298,7 +299,7 @@ class FrozenImages:
 
     def __init__(self, model: EclipseModel, images: Sequence, budget_bytes: int = 1 << 30, dense: bool | None = None):
         self.images, self.encoded, kept = list(images), [], 0
-        self.dense = model.has_dense_steps if dense is None else dense
+        self.dense = model.needs_dense_inputs if dense is None else dense
         for image in self.images:
             encoded = self._encode(model, image)
             kept += encoded.nbytes

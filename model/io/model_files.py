@@ -122,8 +122,9 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         if "dense_head" in meta:  # a dense step (no queries)
             layout, rule = dict(meta["dense_head"]), InstanceRule.from_json(meta["dense_head"]["rule"])
         elif "adaptive_queries" in meta:
-            queries = int(meta["adaptive_queries"]["queries"])
-            scorer_hidden = int(meta["adaptive_queries"]["scorer_hidden"])
+            adaptive = dict(meta["adaptive_queries"])
+            queries, scorer_hidden = int(adaptive["queries"]), int(adaptive["scorer_hidden"])
+            pixel_inputs, pixel_hidden = list(adaptive.get("pixel_inputs", [])), int(adaptive.get("pixel_hidden", 64))
         else:
             position_sets, owns_no_object = int(meta["position_sets"]), bool(meta["owns_no_object_head"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -153,9 +154,10 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         group = DenseGroup(classes, head, rule)
     elif "adaptive_queries" in meta:
         try:
+            channels = {k: model.dense_input_channels[k] for k in pixel_inputs}
             group = AdaptiveGroup(queries, model.config.hidden_dim, classes, model.decoder.num_layers, True,
-                                  scorer_hidden=scorer_hidden)
-        except ValueError as exc:
+                                  scorer_hidden=scorer_hidden, pixel_channels=channels, pixel_hidden=pixel_hidden)
+        except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: the adaptive step's layout is invalid ({exc})") from exc
     else:
         content = tensors.get("content")

@@ -38,6 +38,11 @@ class DecoderOutput:
     classify: Callable[[torch.Tensor], torch.Tensor]
     blocked: list[torch.Tensor] = field(default_factory=list)
     group_ids: list[int] = field(default_factory=list)
+    # Per group, its own pixel features [B, D, Hp/4, Wp/4] (an adaptive step's), or None: the frozen
+    # mask features.
+    pixel_features: list[torch.Tensor | None] = field(default_factory=list)
+    # Per group, a function adding to its mask logits ((normed hidden, (h, w)) -> [B, Q, h, w]), or None.
+    mask_biases: list = field(default_factory=list)
 
     @property
     def num_predictions(self) -> int:
@@ -52,7 +57,16 @@ class DecoderOutput:
         return [self.class_logits(i) for i in range(self.num_predictions)]
 
     def mask_logits(self, mask_features: torch.Tensor, index: int = -1) -> torch.Tensor:
-        return torch.einsum("bqc,bchw->bqhw", self.mask_embeds[index], mask_features)
+        if all(p is None for p in self.pixel_features) and all(b is None for b in self.mask_biases):
+            return torch.einsum("bqc,bchw->bqhw", self.mask_embeds[index], mask_features)
+        # Group by group where one reads its own pixel features (old groups' masks computed as before).
+        hidden = self.normed_hidden[index]
+        embeds = self.mask_embeds[index].split([h.shape[1] for h in hidden], 1)
+        masks = []
+        for e, h, p, bias in zip(embeds, hidden, self.pixel_features, self.mask_biases):
+            m = torch.einsum("bqc,bchw->bqhw", e, mask_features if p is None else p)
+            masks.append(m if bias is None else m + bias(h, tuple(m.shape[-2:])))
+        return torch.cat(masks, 1)
 
 
 @dataclass
@@ -63,6 +77,7 @@ class DecoderMemory:
     computes it once per (image, augmentation) and keeps it with the features."""
 
     level_features: list[torch.Tensor]  # [B, D, h*w] per level
+    level_sizes: list[tuple[int, int]]  # (h, w) of each level
     # [B, heads, S, D/heads] per layer; or None, with the memories kept instead (projected per use:
     # a third of the bytes, for when a cache cannot hold the projections of every image)
     keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None
@@ -72,13 +87,14 @@ class DecoderMemory:
     def cat(memories: "list[DecoderMemory]") -> "DecoderMemory":
         """One batch from memories of equal feature size (all with projections, or none)."""
         levels = [torch.cat(level) for level in zip(*(m.level_features for m in memories))]
+        sizes = memories[0].level_sizes
         if memories[0].keys_values is None:
-            return DecoderMemory(levels, None, [torch.cat(level) for level in zip(*(m.memories for m in memories))])
-        return DecoderMemory(levels, [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
-                                      for layer in zip(*(m.keys_values for m in memories))])
+            return DecoderMemory(levels, sizes, None, [torch.cat(level) for level in zip(*(m.memories for m in memories))])
+        return DecoderMemory(levels, sizes, [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
+                                             for layer in zip(*(m.keys_values for m in memories))])
 
     def without_projections(self, memories: list[torch.Tensor]) -> "DecoderMemory":
-        return DecoderMemory(self.level_features, None, list(memories))
+        return DecoderMemory(self.level_features, self.level_sizes, None, list(memories))
 
     def tensors(self) -> list[torch.Tensor]:
         projected = [t for kv in self.keys_values for t in kv] if self.keys_values is not None else self.memories
@@ -119,18 +135,19 @@ class MaskedAttentionDecoder(nn.Module):
     def prepare(self, memories: list[torch.Tensor], mask_features: torch.Tensor, project: bool = True) -> DecoderMemory:
         """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels); `project`: with
         every layer's keys and values (else the memories, projected when decoding)."""
-        levels = self._level_features(memories, mask_features)
+        sizes = [tuple(m.shape[-2:]) for m in memories]
+        levels = self._level_features(sizes, mask_features)
         if not project:
-            return DecoderMemory(levels, None, list(memories))
+            return DecoderMemory(levels, sizes, None, list(memories))
         inputs = self._memory_inputs(memories)
-        return DecoderMemory(levels, [self._keys_values(i, inputs) for i in range(self.num_layers)])
+        return DecoderMemory(levels, sizes, [self._keys_values(i, inputs) for i in range(self.num_layers)])
 
     @staticmethod
-    def _level_features(memories, mask_features) -> list[torch.Tensor]:
+    def _level_features(sizes, mask_features) -> list[torch.Tensor]:
         # Resizing is linear, so masks at a level = einsum with the mask features resized to that level:
         # the same numbers as resizing full-resolution masks, without computing them for every layer.
-        return [F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False).flatten(2)
-                for m in memories]
+        return [F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False).flatten(2)
+                for size in sizes]
 
     def _memory_inputs(self, memories) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(memory + level embedding, positional encoding) per level, [B, h*w, D] each."""
@@ -162,10 +179,12 @@ class MaskedAttentionDecoder(nn.Module):
         group_ids: list[int] | None = None,
         record_attention: bool = False,
         prepared: DecoderMemory | None = None,
+        levels: dict[str, torch.Tensor] | None = None,
     ) -> DecoderOutput:
         """memories: [B,D,h,w] at strides 32/16/8 (layer i reads level i % num_levels); or `prepared`
         from them (`prepare`), then `memories` is not read. Without projections prepared, each layer's
-        keys and values are projected when the layer runs (one layer's at a time in memory)."""
+        keys and values are projected when the layer runs (one layer's at a time in memory). `levels`:
+        the frozen maps by name that a group with its own pixel features reads (`DenseInputs.levels`)."""
         if group_ids is None:
             group_ids = list(range(len(self.groups)))
         group_ids = [g for g in group_ids if self.groups[g].num_queries > 0]  # dense steps have none
@@ -175,18 +194,27 @@ class MaskedAttentionDecoder(nn.Module):
         inputs = self._memory_inputs(prepared.memories) if projected is None else None
 
         groups = [self.groups[g] for g in group_ids]
-        # A prompt group's queries are the same for every image; an adaptive group's start at the image.
-        starts = [g.queries(mask_features) for g in groups]
-        hidden = [content for content, _ in starts]
+        # A group may compute its own pixel features (an adaptive step; None: the frozen mask features),
+        # which its masks, attention masks and queries then read. A prompt group's queries are the same
+        # for every image; an adaptive group's start at the image.
+        pixels = [g.pixel_features(mask_features, levels) for g in groups]
+        levels = [level_features if p is None else self._level_features(prepared.level_sizes, p) for p in pixels]
+        starts = [g.queries(mask_features if p is None else p) for g, p in zip(groups, pixels)]
+        hidden = [start[0] for start in starts]
         preds = [self.predict(h, g) for h, g in zip(hidden, groups)]
-        out = DecoderOutput([], [], self.class_logits, group_ids=list(group_ids))
+        biases = [bias for _, _, bias in starts]
+        out = DecoderOutput([], [], self.class_logits, group_ids=list(group_ids), pixel_features=pixels,
+                            mask_biases=biases)
         self._collect(out, preds)
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
             kv = projected[i] if projected is not None else self._keys_values(i, inputs)
             for k, g in enumerate(groups):
                 # sigmoid(mask) < 0.5, decided on the logit itself (one op fewer per group and layer).
-                blocked = torch.einsum("bqc,bcs->bqs", preds[k][1], level_features[level]) < 0
+                logits = torch.einsum("bqc,bcs->bqs", preds[k][1], levels[k][level])
+                if biases[k] is not None:
+                    logits = logits + biases[k](preds[k][0], prepared.level_sizes[level]).flatten(2)
+                blocked = logits < 0
                 if record_attention:
                     out.blocked.append(blocked)  # flattened per group, regrouped below
                 blocked = blocked & ~blocked.all(-1, keepdim=True)  # a query that sees nothing sees everything

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adaptive_queries import AdaptiveGroup
+from .adaptive_queries import PIXEL_INPUTS, AdaptiveGroup
 from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
 from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
@@ -34,6 +34,7 @@ class RawPrediction:
     image_size: tuple[int, int]
     dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/s, Wp/s]
     dense_strides: list[int] = field(default_factory=list)  # s of each dense step's logits
+    group_queries: list[int] = field(default_factory=list)  # queries of each query group, in order
 
 
 @dataclass
@@ -129,14 +130,17 @@ class EclipseModel(nn.Module):
 
     @torch.no_grad()
     def add_adaptive_step(self, class_names, is_thing, num_queries: int = 100, colors=None,
-                          delta: float = DEFAULT_STEP_DELTA, scorer_hidden: int = 64) -> AdaptiveGroup:
+                          delta: float = DEFAULT_STEP_DELTA, scorer_hidden: int = 64,
+                          pixel_inputs=PIXEL_INPUTS, pixel_hidden: int = 64) -> AdaptiveGroup:
         """Adds a prompt step whose queries start, per image, at the top peaks of a per-step scorer on
-        the frozen features (`adaptive_queries`): up to `num_queries` instances per image. Heads are
-        initialised as a prompt step's; its prompts start at the mean of the base queries."""
+        its own pixel features (`adaptive_queries`; `pixel_inputs`: the frozen maps its pixel network
+        reads, none: the frozen mask features alone): up to `num_queries` instances per image. Heads
+        are initialised as a prompt step's; its prompts start at the mean of the base queries."""
         classes = self._new_classes(class_names, is_thing, colors)
         base = self.decoder.groups[0]
+        channels = {k: self.dense_input_channels[k] for k in pixel_inputs}
         group = AdaptiveGroup(num_queries, self.config.hidden_dim, classes, self.decoder.num_layers, True, delta,
-                              scorer_hidden).to(base.content.device)
+                              scorer_hidden, channels, pixel_hidden).to(base.content.device)
         group.content.copy_(base.content.mean(0).expand_as(group.content))
         self._append_query_group(group, True)
         return group
@@ -186,6 +190,12 @@ class EclipseModel(nn.Module):
     @property
     def has_dense_steps(self) -> bool:
         return any(g.num_queries == 0 for g in self.groups)
+
+    @property
+    def needs_dense_inputs(self) -> bool:
+        """Whether a step reads more than the decoder's inputs (`DenseInputs`: a dense step, or an
+        adaptive step's pixel network)."""
+        return self.has_dense_steps or any(isinstance(g, AdaptiveGroup) and g.pixels is not None for g in self.groups)
 
     def _new_classes(self, class_names, is_thing, colors) -> list[ClassSpec]:
         known = {c.name for c in self.classes}
@@ -262,8 +272,9 @@ class EclipseModel(nn.Module):
         return mask_features, memories, DenseInputs.of(x, features, mask_features, memories)
 
     def decode(self, mask_features, memories, group_ids=None, record_attention=False,
-               prepared: DecoderMemory | None = None) -> DecoderOutput:
-        return self.decoder(memories, mask_features, group_ids, record_attention, prepared)
+               prepared: DecoderMemory | None = None, levels: dict | None = None) -> DecoderOutput:
+        """`levels`: the frozen maps by name (`DenseInputs.levels`), for an adaptive step's pixel network."""
+        return self.decoder(memories, mask_features, group_ids, record_attention, prepared, levels)
 
     def infer(self, images: torch.Tensor) -> RawPrediction:
         """Every group's predictions for a batch of images (uint8 or float 0..255, [B,3,H,W])."""
@@ -273,7 +284,7 @@ class EclipseModel(nn.Module):
         """The frozen features of a batch of images, kept to decode them again (after a step is trained).
         `dense`: with what dense heads read (default: when the model has a dense step)."""
         x, image_size = self.preprocess(images)
-        if not (self.has_dense_steps if dense is None else dense):
+        if not (self.needs_dense_inputs if dense is None else dense):
             return Encoded(*self.encode(x), tuple(x.shape[-2:]), image_size)
         mask_features, memories, dense = self.encode_dense(x)
         return Encoded(mask_features, memories, tuple(x.shape[-2:]), image_size, dense)
@@ -281,13 +292,15 @@ class EclipseModel(nn.Module):
     def infer_encoded(self, encoded: "Encoded") -> RawPrediction:
         """`infer` from features `encode_images` made: only the decoder and the heads run."""
         mask_features, memories = encoded.mask_features, encoded.memories
-        out = self.decode(mask_features, memories)
         dense_groups = [g for g in self.groups if g.num_queries == 0]
-        if dense_groups and encoded.dense is None:
-            raise ValueError("these features were encoded before the model had a dense step: encode them again")
+        if self.needs_dense_inputs and encoded.dense is None:
+            raise ValueError("these features were encoded before the model had a step that reads the backbone's "
+                             "levels (a dense or adaptive step): encode them again")
+        out = self.decode(mask_features, memories, levels=None if encoded.dense is None else encoded.dense.levels)
         dense = [g.head(encoded.dense) for g in dense_groups]
         return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), encoded.padded_size,
-                             encoded.image_size, dense, [g.head.output_stride for g in dense_groups])
+                             encoded.image_size, dense, [g.head.output_stride for g in dense_groups],
+                             [h.shape[1] for h in out.normed_hidden[-1]])
 
     def merge(
         self,
@@ -309,7 +322,8 @@ class EclipseModel(nn.Module):
         if masks is None:
             masks = self.resized_masks(raw, index, size)
         is_thing = torch.tensor([c.is_thing for c in self.classes])
-        result = panoptic_merge(logits, masks, is_thing, object_threshold, overlap_threshold)
+        result = panoptic_merge(logits, masks, is_thing, object_threshold,
+                                self._overlap_thresholds(raw, overlap_threshold))
         dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
         # The query masks dense segments may snap to: the same for every dense step, so made once.
         query_masks = (masks > 0).cpu().numpy() if any(g.rule.snap_iou > 0 for _, g in dense_groups) else None
@@ -325,6 +339,16 @@ class EclipseModel(nn.Module):
     def resized_masks(raw: RawPrediction, index: int, size) -> torch.Tensor:
         """Image `index`'s query mask logits at `size` (what `merge` works on)."""
         return resize_mask_logits(raw.mask_logits[index], raw.padded_size, raw.image_size, tuple(size))
+
+    def _overlap_thresholds(self, raw: RawPrediction, overlap_threshold: float) -> float | torch.Tensor:
+        """`overlap_threshold`, or per query where a group sets its own (an adaptive step's queries start
+        several on one instance: a duplicate left with little of its own mask is dropped, as
+        Mask2Former's panoptic inference drops it)."""
+        groups = [g for g in self.groups if g.num_queries > 0]
+        own = [g.merge_overlap for g in groups]
+        if not any(own) or len(raw.group_queries) != len(groups):
+            return overlap_threshold
+        return torch.cat([torch.full((n,), max(overlap_threshold, o)) for n, o in zip(raw.group_queries, own)])
 
     def _manipulate(self, logits: torch.Tensor, deltas: list[float]) -> torch.Tensor:
         """Logit manipulation among the query groups only, as if dense steps were not there (they make

@@ -117,12 +117,13 @@ def panoptic_merge(
     mask_logits: torch.Tensor,
     is_thing: torch.Tensor | Sequence[bool],
     object_threshold: float = 0.0,
-    overlap_threshold: float = 0.0,
+    overlap_threshold: float | torch.Tensor = 0.0,
 ) -> PanopticResult:
     """Merge per-query predictions into one panoptic map (Mask2Former rules, sigmoid scores).
 
     class_logits: [Q, K+1] (last column no-object); mask_logits: [Q, H, W] already at output size;
-    is_thing: length-K flags indexed by class id - 1. Thresholds default to ECLIPSE's ADE values (0, 0).
+    is_thing: length-K flags indexed by class id - 1. Thresholds default to ECLIPSE's ADE values (0, 0);
+    `overlap_threshold` may be given per query ([Q]).
     """
     num_classes = class_logits.shape[-1] - 1
     flags = _thing_flags(is_thing, num_classes)
@@ -135,6 +136,8 @@ def panoptic_merge(
     cur_scores = scores[keep]
     cur_classes = labels[keep]
     cur_masks = mask_logits.sigmoid()[keep]
+    overlaps = (overlap_threshold[keep.cpu()].tolist() if isinstance(overlap_threshold, torch.Tensor)
+                else [overlap_threshold] * int(keep.sum()))
     if cur_masks.shape[0] == 0:
         return PanopticResult(panoptic_seg, [], torch.zeros((h, w), device=mask_logits.device))
 
@@ -157,7 +160,7 @@ def panoptic_merge(
         if argmax_area == 0 or fg_area == 0 or mask_area == 0:
             continue
         # Official check compares the argmax area (not the final mask) with the mask's own foreground.
-        if argmax_area / fg_area < overlap_threshold:
+        if argmax_area / fg_area < overlaps[k]:
             continue
         if not thing and label in stuff_memory:
             # Later stuff queries of a class join its first segment: same id, no new entry.

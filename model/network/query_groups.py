@@ -45,6 +45,7 @@ class QueryGroup(nn.Module):
         return self.content.shape[0]
 
     learner = "prompts"  # how a step of this kind is learned (`LearnConfig.learner`)
+    merge_overlap = 0.0  # the panoptic merge's overlap threshold for its queries (at least this)
 
     @property
     def num_classes(self) -> int:
@@ -53,11 +54,16 @@ class QueryGroup(nn.Module):
     def position(self, layer: int) -> torch.Tensor:
         return self.positions[layer if self.positions.shape[0] > 1 else 0]
 
+    def pixel_features(self, mask_features: torch.Tensor, levels) -> None:
+        """None: the group's masks read the frozen mask features (see `MaskedAttentionDecoder`)."""
+        return None
+
     def queries(self, mask_features: torch.Tensor):
-        """(content [B, Q, D], position of decoder layer i as a function of i): the same for every image."""
+        """(content [B, Q, D], position of decoder layer i as a function of i, mask bias: None): the same
+        for every image."""
         batch = mask_features.shape[0]
         return (self.content.unsqueeze(0).expand(batch, -1, -1),
-                lambda layer: self.position(layer).unsqueeze(0).expand(batch, -1, -1))
+                lambda layer: self.position(layer).unsqueeze(0).expand(batch, -1, -1), None)
 
 
 class DenseGroup(nn.Module):

@@ -41,10 +41,10 @@ def pad_targets(targets: list[dict], size: tuple[int, int]) -> list[dict]:
 
 
 def predictions_from_features(model: EclipseModel, features, deep_supervision: bool = True,
-                               prepared: DecoderMemory | None = None) -> list[dict]:
+                               prepared: DecoderMemory | None = None, levels: dict | None = None) -> list[dict]:
     """Decodes the group being learned from (mask_features, memories), or from (mask_features, None)
-    and the decoder memory `prepared` from them."""
+    and the decoder memory `prepared` from them; `levels`: the frozen maps an adaptive step reads."""
     mask_features, memories = features
-    out = model.decode(mask_features, memories, group_ids=[model.num_steps], prepared=prepared)
+    out = model.decode(mask_features, memories, group_ids=[model.num_steps], prepared=prepared, levels=levels)
     indices = range(out.num_predictions) if deep_supervision else [out.num_predictions - 1]
     return [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]

@@ -134,6 +134,9 @@ class Trainer:
         self.device = torch.device(device)
         self.frozen_features = model.num_steps > 0
         self.dense = model.num_steps > 0 and model.groups[-1].num_queries == 0  # a dense step: pixel losses
+        # An adaptive step with a pixel network reads frozen backbone levels besides the decoder's inputs.
+        group = model.groups[-1]
+        self.pixel_inputs = group.pixels.inputs if isinstance(group, AdaptiveGroup) and group.pixels else ()
         self.cache = FeatureCache(config.cache_mb * 2**20 if self.frozen_features else 0)
         self.keep_projections: bool | None = None  # decided on the first frozen sample
         self.criterion = None if self.dense else build_criterion(model, config.loss)
@@ -153,26 +156,32 @@ class Trainer:
 
     # ----------------------------------------------------------------- one iteration
     def _frozen_sample(self, index: int, variant: int, iteration: int):
-        """(mask features, decoder memory, target) of one (image, augmentation) at step t. All of it is
+        """(mask features, decoder memory, target, the frozen maps an adaptive step's pixel network reads
+        (by name; None: none)) of one (image, augmentation) at step t. All of it is
         frozen (features, the memory's projected keys and values, the augmented target), so with
         augmentation variants it is made once per variant and cached. The projections triple an entry's
         bytes: they are kept only while every (image, variant) of the run fits the cache with them
         (otherwise a larger share of entries fits without them, and a miss costs far more)."""
         def compute():
             img, target = self.data.sample(index, _augmentation_seed(self.config, index, variant, iteration))
+            levels = None
             with torch.no_grad(), self._autocast():
                 x, _ = self.model.preprocess(img[None].to(self.device))
-                mask_features, memories = self.model.encode(x)
+                if self.pixel_inputs:
+                    mask_features, memories, dense = self.model.encode_dense(x)
+                    levels = {k: dense.levels[k].float() for k in self.pixel_inputs}
+                else:
+                    mask_features, memories = self.model.encode(x)
                 mask_features, memories = mask_features.float(), [m.float() for m in memories]
                 prepared = self.model.decoder.prepare(memories, mask_features, self.keep_projections is not False)
             if self.keep_projections is None:
                 pairs = len(self.data) * self.config.augment_variants
-                entry = features_nbytes((mask_features, prepared, target))
+                entry = features_nbytes((mask_features, prepared, target, levels))
                 # Without a cache an entry serves once: keep what was computed.
                 self.keep_projections = not self.cache.budget_bytes or pairs * entry <= self.cache.budget_bytes
                 if not self.keep_projections:
                     prepared = prepared.without_projections(memories)
-            return mask_features, prepared, _to(target, self.device)
+            return mask_features, prepared, _to(target, self.device), levels
 
         if self.config.augment_variants > 0:
             return self.cache.get((index, variant), compute)
@@ -205,16 +214,19 @@ class Trainer:
             groups.setdefault(tuple(entry[0].shape[-2:]), []).append(entry)
         parts: dict = {"loss": 0.0}
         for items in groups.values():
-            mask_features = torch.cat([f for f, _, _ in items])
-            prepared = DecoderMemory.cat([m for _, m, _ in items])
+            mask_features = torch.cat([f for f, _, _, _ in items])
+            prepared = DecoderMemory.cat([m for _, m, _, _ in items])
+            levels = {k: torch.cat([e[3][k] for e in items]) for k in self.pixel_inputs} or None
             with self._autocast():
-                preds = predictions_from_features(self.model, (mask_features, None), deep, prepared)
+                preds = predictions_from_features(self.model, (mask_features, None), deep, prepared, levels)
             size = (mask_features.shape[-2] * 4, mask_features.shape[-1] * 4)
-            targets = pad_targets([t for _, _, t in items], size)
+            targets = pad_targets([t for _, _, t, _ in items], size)
             losses = self.criterion(_float(preds), targets, generator=generator)
             group = self.model.groups[-1]
             if isinstance(group, AdaptiveGroup):  # its scorer learns where the queries start
-                losses["loss_scorer"] = group.scorer_loss(mask_features, targets, self.model.class_ids(self.model.num_steps))
+                pixels = group.pixel_features(mask_features, levels)
+                losses["loss_scorer"] = group.scorer_loss(mask_features if pixels is None else pixels, targets,
+                                                          self.model.class_ids(self.model.num_steps))
                 losses["loss"] = losses["loss"] + losses["loss_scorer"]
             weight = len(items) / len(plan)
             for k, v in losses.items():
