@@ -1,7 +1,5 @@
 """The ECLIPSE model: frozen Mask2Former base plus one prompt group per continual step."""
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,9 +9,10 @@ from .adaptive_queries import PIXEL_INPUTS, AdaptiveGroup
 from .classes import ClassSpec, distinct_color, make_classes
 from .config import ModelConfig
 from .decoder import DecoderMemory, DecoderOutput, MaskedAttentionDecoder
-from .dense_head import BACKBONE_INPUTS, DENSE_INPUTS, DenseHead, DenseInputs, dense_input_channels
+from .dense_head import DENSE_INPUTS, DenseHead, DenseInputs, dense_input_channels
 from .dense_segments import InstanceRule, dense_maps, dense_segments
 from .logit_manipulation import manipulate_logits
+from .outputs import Encoded, RawPrediction
 from .postprocess import PanopticResult, paint_segments, panoptic_merge, resize_mask_logits, semantic_inference
 from .query_groups import DenseGroup, QueryGroup
 from .tiled import TileConfig, image_size, predict_tiled
@@ -21,39 +20,6 @@ from .tiled import TileConfig, image_size, predict_tiled
 # Deltas used when a step is added and none is given: the published ADE values (base 0.4, steps 0.5).
 DEFAULT_BASE_DELTA = 0.4
 DEFAULT_STEP_DELTA = 0.5
-
-
-@dataclass
-class RawPrediction:
-    """Decoder output of every group for a batch, before logit manipulation: enough to merge with any
-    deltas (the automatic delta choice re-merges one inference many times)."""
-
-    logits: torch.Tensor  # [B, Q, K+1] raw class logits, no-object last
-    mask_logits: torch.Tensor  # [B, Q, Hp/4, Wp/4] at stride 4 of the padded input
-    padded_size: tuple[int, int]
-    image_size: tuple[int, int]
-    dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/s, Wp/s]
-    dense_strides: list[int] = field(default_factory=list)  # s of each dense step's logits
-    group_queries: list[int] = field(default_factory=list)  # queries of each query group, in order
-
-
-@dataclass
-class Encoded:
-    """The frozen part's output for a batch of images (`EclipseModel.encode_images`)."""
-
-    mask_features: torch.Tensor  # [B, D, Hp/4, Wp/4]
-    memories: list[torch.Tensor]  # [B, D, h, w] at strides 32, 16, 8
-    padded_size: tuple[int, int]
-    image_size: tuple[int, int]
-    dense: DenseInputs | None = None  # what dense heads read (kept only where the model has dense steps)
-
-    @property
-    def nbytes(self) -> int:
-        tensors = [self.mask_features, *self.memories]
-        if self.dense is not None:
-            # the decoder's own maps are the tensors above; the backbone's levels and the image are extra
-            tensors += [self.dense.image] + [self.dense.levels[k] for k in BACKBONE_INPUTS if k in self.dense.levels]
-        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class EclipseModel(nn.Module):
