@@ -141,10 +141,11 @@ def test_the_learn_report_says_what_the_pixel_forest_weighs_and_when_it_was_drop
 
     from eclipse_napari.plugin.teach_actions import _how
 
-    def result(delta=None, share=()):
-        return SimpleNamespace(delta=delta, forest_share=list(share))
+    def result(delta=None, share=(), learner="dense"):
+        return SimpleNamespace(delta=delta, forest_share=list(share), learner=learner)
 
-    assert _how(result(0.5), ["cell"]) == "an ECLIPSE prompt step, δ = 0.5"
+    assert _how(result(0.5, learner="prompts"), ["cell"]) == "an ECLIPSE prompt step, δ = 0.5"
+    assert _how(result(0.5, learner="adaptive"), ["cell"]).startswith("an adaptive prompt step")
     assert _how(result(), ["cell"]) == "a dense step"
     assert "dropped" in _how(result(share=[0.0, 0.0]), ["nucleus", "gland"])
     assert _how(result(share=[0.75, 0.0]), ["nucleus", "gland"]).endswith("nucleus 75%, gland 0%")

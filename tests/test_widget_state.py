@@ -145,7 +145,7 @@ def test_learn_takes_every_class_painted_in_one_step_and_refine_retrains_it(make
 
 @pytest.mark.parametrize("learner,queries,shown,report", [
     ("prompts", 10, "prompts (ECLIPSE), δ=", "ECLIPSE prompt step"),
-    ("adaptive", 100, "adaptive prompts (ECLIPSE, queries per image), δ=", "adaptive prompt step"),
+    ("adaptive", 100, "adaptive (ECLIPSE), δ=", "adaptive prompt step"),
 ])
 def test_a_prompt_step_chosen_in_the_widget_trains_refines_exports_and_imports(
         make_napari_viewer, qtbot, tmp_path, learner, queries, shown, report):

@@ -42,7 +42,7 @@ from .teach_actions import TeachActions
 
 MODEL_FOLDER = "model"  # inside the project folder: the model with every learned step
 LEARNER_NAMES = {"dense": "dense (per-pixel head)", "prompts": "prompts (ECLIPSE)",  # LearnConfig.learner
-                 "adaptive": "adaptive prompts (ECLIPSE, queries per image)"}
+                 "adaptive": "adaptive (ECLIPSE)"}
 
 
 class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
@@ -118,9 +118,9 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
 
         self.learner = QComboBox(toolTip="how Learn learns the new classes: a dense step (a per-pixel head on "
                                  "the frozen features and a random forest on the pixels: any number of "
-                                 "instances, boundaries at full resolution), ECLIPSE's prompt step as published (10 prompts through the frozen decoder) "
-                                 "or with adaptive queries (up to 100 per image, started where a small scorer "
-                                 "finds the classes)")
+                                 "instances, boundaries at full resolution), ECLIPSE's prompt step as "
+                                 "published (10 prompts through the frozen decoder) or with adaptive queries "
+                                 "(up to 100 per image, started where a small scorer finds the classes)")
         for learner in LEARNERS:
             self.learner.addItem(LEARNER_NAMES[learner], learner)
         self.iterations = QSpinBox(minimum=10, maximum=20000, value=LearnConfig().iterations, singleStep=50)

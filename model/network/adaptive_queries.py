@@ -205,7 +205,8 @@ def centre_targets(target: dict, class_ids: list[int], is_thing: list[bool],
     h, w = masks.shape[-2:]
     full = (size[0] * 4, size[1] * 4)
     padded = F.pad(masks.float(), (0, full[1] - w, 0, full[0] - h)) if (h, w) != full else masks.float()
-    small = F.interpolate(padded[None], size=size, mode="area")[0].cpu().numpy() if len(labels) else np.zeros((0, *size))
+    small = (F.interpolate(padded[None], size=size, mode="area")[0].cpu().numpy() if len(labels)
+             else np.zeros((0, *size)))
     index = {c: k for k, c in enumerate(class_ids)}
     out = np.zeros((len(class_ids), *size), np.float32)
     known = np.zeros(size, bool)

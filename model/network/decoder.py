@@ -90,8 +90,9 @@ class DecoderMemory:
         sizes = memories[0].level_sizes
         if memories[0].keys_values is None:
             return DecoderMemory(levels, sizes, None, [torch.cat(level) for level in zip(*(m.memories for m in memories))])
-        return DecoderMemory(levels, sizes, [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
-                                             for layer in zip(*(m.keys_values for m in memories))])
+        projected = [(torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
+                     for layer in zip(*(m.keys_values for m in memories))]
+        return DecoderMemory(levels, sizes, projected)
 
     def without_projections(self, memories: list[torch.Tensor]) -> "DecoderMemory":
         return DecoderMemory(self.level_features, self.level_sizes, None, list(memories))
