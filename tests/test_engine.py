@@ -148,14 +148,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(base_model, monkeypatch
     good = {k: v.clone() for k, v in base_model.state_dict().items()}
     import model.training.engine as engine
 
-    original = engine.predictions_from_features
+    original = engine.predictions_from_output  # what a step's training takes its predictions from
 
     def nan_predictions(*args, **kw):
         preds = original(*args, **kw)
         preds[-1]["logits"] = preds[-1]["logits"] * float("nan")
         return preds
 
-    monkeypatch.setattr(engine, "predictions_from_features", nan_predictions)
+    monkeypatch.setattr(engine, "predictions_from_output", nan_predictions)
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         train(base_model, data, _config(iterations=2))
     assert all(torch.equal(v, good[k]) for k, v in base_model.state_dict().items())

@@ -33,7 +33,7 @@ from torch import nn
 
 from .classes import ClassSpec
 from .position_encoding import sine_position_encoding
-from .transformer_layers import MLP
+from .query_groups import add_query_heads
 
 # Initial bias of the scorer's output: sigmoid(-4) ~ 0.02 (most pixels are no instance's centre).
 SCORER_PRIOR_LOGIT = -4.0
@@ -110,11 +110,7 @@ class AdaptiveGroup(nn.Module):
         self.locality = nn.Linear(dim, 1)
         nn.init.zeros_(self.locality.weight)
         nn.init.constant_(self.locality.bias, math.log(math.expm1(LOCALITY_START)))  # softplus^-1
-        self.mask_mlp = MLP(dim, dim, dim, 3)
-        self.class_head = MLP(dim, dim, len(classes), 3)
-        self.no_object_head = MLP(dim, dim, 1, 3) if owns_no_object_head else None
-        self.register_buffer("delta", torch.tensor(float(delta)))
-        self.previous_deltas: list[float] | None = None
+        add_query_heads(self, dim, len(classes), owns_no_object_head, delta)
 
     @property
     def num_queries(self) -> int:
@@ -156,7 +152,8 @@ class AdaptiveGroup(nn.Module):
         """(content [B, K, D], position of decoder layer i as a function of i, mask bias as a function of
         (decoder-normed hidden states [B, K, D], size (h, w)) -> [B, K, h, w]) for a batch."""
         batch, dim, h, w = pixel_features.shape
-        cls, pixel = self.select(self.score(pixel_features).detach())
+        with torch.no_grad():  # where queries start is chosen, not learned through (scorer_loss teaches it)
+            cls, pixel = self.select(self.score(pixel_features))
         features = pixel_features.flatten(2).transpose(1, 2)  # [B, h*w, D]
         at_peaks = torch.gather(features, 1, pixel[..., None].expand(-1, -1, dim))
         content = self.content[cls] + self.feature_proj(at_peaks)
@@ -165,13 +162,17 @@ class AdaptiveGroup(nn.Module):
         location = torch.gather(location, 1, pixel[..., None].expand(-1, -1, dim))
         start = torch.stack([(pixel // w + 0.5) / h, (pixel % w + 0.5) / w], -1)  # [B, K, 2] in 0..1 (y, x)
 
+        squared: dict[tuple[int, int], torch.Tensor] = {}  # size -> [B, K, h, w] squared distances
+
         def mask_bias(normed_hidden: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             reach = F.softplus(self.locality(normed_hidden))[..., None]  # [B, K, 1, 1]
-            ys = (torch.arange(size[0], device=start.device, dtype=normed_hidden.dtype) + 0.5) / size[0]
-            xs = (torch.arange(size[1], device=start.device, dtype=normed_hidden.dtype) + 0.5) / size[1]
-            dy = (ys[None, None, :, None] - start[..., 0, None, None]) * (size[0] / max(size))
-            dx = (xs[None, None, None, :] - start[..., 1, None, None]) * (size[1] / max(size))
-            return -(dy**2 + dx**2) / (2 * reach**2)
+            if size not in squared:  # the same for every layer reading this size
+                ys = (torch.arange(size[0], device=start.device, dtype=normed_hidden.dtype) + 0.5) / size[0]
+                xs = (torch.arange(size[1], device=start.device, dtype=normed_hidden.dtype) + 0.5) / size[1]
+                dy = (ys[None, None, :, None] - start[..., 0, None, None]) * (size[0] / max(size))
+                dx = (xs[None, None, None, :] - start[..., 1, None, None]) * (size[1] / max(size))
+                squared[size] = dy**2 + dx**2
+            return -squared[size] / (2 * reach**2)
 
         return content, lambda layer: location + self.positions[layer], mask_bias
 

@@ -199,7 +199,8 @@ class MaskedAttentionDecoder(nn.Module):
         # which its masks, attention masks and queries then read. A prompt group's queries are the same
         # for every image; an adaptive group's start at the image.
         pixels = [g.pixel_features(mask_features, levels) for g in groups]
-        levels = [level_features if p is None else self._level_features(prepared.level_sizes, p) for p in pixels]
+        group_levels = [level_features if p is None else self._level_features(prepared.level_sizes, p)
+                        for p in pixels]
         starts = [g.queries(mask_features if p is None else p) for g, p in zip(groups, pixels)]
         hidden = [start[0] for start in starts]
         preds = [self.predict(h, g) for h, g in zip(hidden, groups)]
@@ -212,7 +213,7 @@ class MaskedAttentionDecoder(nn.Module):
             kv = projected[i] if projected is not None else self._keys_values(i, inputs)
             for k, g in enumerate(groups):
                 # sigmoid(mask) < 0.5, decided on the logit itself (one op fewer per group and layer).
-                logits = torch.einsum("bqc,bcs->bqs", preds[k][1], levels[k][level])
+                logits = torch.einsum("bqc,bcs->bqs", preds[k][1], group_levels[k][level])
                 if biases[k] is not None:
                     logits = logits + biases[k](preds[k][0], prepared.level_sizes[level]).flatten(2)
                 blocked = logits < 0

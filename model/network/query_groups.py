@@ -9,6 +9,18 @@ from .dense_segments import InstanceRule
 from .transformer_layers import MLP
 
 
+def add_query_heads(group: nn.Module, dim: int, num_classes: int, owns_no_object_head: bool, delta: float) -> None:
+    """What every group with queries has: its mask MLP, class head, optional no-object head, delta, and
+    the deltas to restore when it is removed."""
+    group.mask_mlp = MLP(dim, dim, dim, 3)
+    group.class_head = MLP(dim, dim, num_classes, 3)
+    group.no_object_head = MLP(dim, dim, 1, 3) if owns_no_object_head else None
+    group.register_buffer("delta", torch.tensor(float(delta)))
+    # Every group's delta just before this step was added: removing the step restores them (steps
+    # re-tune earlier deltas). None for the base group.
+    group.previous_deltas = None
+
+
 class QueryGroup(nn.Module):
     """Queries with their own mask MLP, class head and logit-manipulation delta.
 
@@ -32,13 +44,7 @@ class QueryGroup(nn.Module):
         self.classes = list(classes)
         self.content = nn.Parameter(torch.randn(num_queries, dim))
         self.positions = nn.Parameter(torch.randn(num_position_sets, num_queries, dim))
-        self.mask_mlp = MLP(dim, dim, dim, 3)
-        self.class_head = MLP(dim, dim, len(classes), 3)
-        self.no_object_head = MLP(dim, dim, 1, 3) if owns_no_object_head else None
-        self.register_buffer("delta", torch.tensor(float(delta)))
-        # Every group's delta just before this step was added: removing the step restores them (steps
-        # re-tune earlier deltas). None for the base group.
-        self.previous_deltas: list[float] | None = None
+        add_query_heads(self, dim, len(classes), owns_no_object_head, delta)
 
     @property
     def num_queries(self) -> int:

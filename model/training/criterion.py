@@ -7,7 +7,7 @@ heads act as negatives in the sigmoid loss).
 
 import torch.nn.functional as F
 
-from ..network.decoder import DecoderMemory
+from ..network.decoder import DecoderMemory, DecoderOutput
 from ..network.eclipse import EclipseModel
 from ..settings import LossConfig
 from .losses import SetCriterion
@@ -44,7 +44,17 @@ def predictions_from_features(model: EclipseModel, features, deep_supervision: b
                                prepared: DecoderMemory | None = None, levels: dict | None = None) -> list[dict]:
     """Decodes the group being learned from (mask_features, memories), or from (mask_features, None)
     and the decoder memory `prepared` from them; `levels`: the frozen maps an adaptive step reads."""
+    return predictions_from_output(decode_learned_group(model, features, prepared, levels), features[0],
+                                   deep_supervision)
+
+
+def decode_learned_group(model: EclipseModel, features, prepared: DecoderMemory | None = None,
+                         levels: dict | None = None) -> DecoderOutput:
     mask_features, memories = features
-    out = model.decode(mask_features, memories, group_ids=[model.num_steps], prepared=prepared, levels=levels)
+    return model.decode(mask_features, memories, group_ids=[model.num_steps], prepared=prepared, levels=levels)
+
+
+def predictions_from_output(out: DecoderOutput, mask_features, deep_supervision: bool = True) -> list[dict]:
+    """What the set losses read, per decoder prediction (all, or the last only)."""
     indices = range(out.num_predictions) if deep_supervision else [out.num_predictions - 1]
     return [{"logits": out.class_logits(i), "mask_logits": out.mask_logits(mask_features, i)} for i in indices]

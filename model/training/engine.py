@@ -27,7 +27,8 @@ from ..network.adaptive_queries import AdaptiveGroup
 from ..network.decoder import DecoderMemory
 from ..network.dense_head import DenseInputs
 from ..network.eclipse import EclipseModel
-from .criterion import LossConfig, build_criterion, pad_targets, predictions_from_features
+from .criterion import (LossConfig, build_criterion, decode_learned_group, pad_targets, predictions_from_features,
+                        predictions_from_output)
 from .dense import dense_loss, dense_targets, dense_window
 from .feature_cache import FeatureCache, features_nbytes
 from .progress import Progress, RunState
@@ -218,13 +219,14 @@ class Trainer:
             prepared = DecoderMemory.cat([m for _, m, _, _ in items])
             levels = {k: torch.cat([e[3][k] for e in items]) for k in self.pixel_inputs} or None
             with self._autocast():
-                preds = predictions_from_features(self.model, (mask_features, None), deep, prepared, levels)
+                out = decode_learned_group(self.model, (mask_features, None), prepared, levels)
+                preds = predictions_from_output(out, mask_features, deep)
             size = (mask_features.shape[-2] * 4, mask_features.shape[-1] * 4)
             targets = pad_targets([t for _, _, t, _ in items], size)
             losses = self.criterion(_float(preds), targets, generator=generator)
             group = self.model.groups[-1]
             if isinstance(group, AdaptiveGroup):  # its scorer learns where the queries start
-                pixels = group.pixel_features(mask_features, levels)
+                pixels = out.pixel_features[0]  # what the decoder computed for the step (None: frozen)
                 losses["loss_scorer"] = group.scorer_loss(mask_features if pixels is None else pixels, targets,
                                                           self.model.class_ids(self.model.num_steps))
                 losses["loss"] = losses["loss"] + losses["loss_scorer"]
