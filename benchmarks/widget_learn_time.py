@@ -21,13 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learn_cases import SCENE_SEEDS  # noqa: E402
 
+from model.interactive.config import LEARNERS  # noqa: E402
+
 CLASS = "sand"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--learner", choices=("dense", "prompts"), default="dense")
+    p.add_argument("--learner", choices=LEARNERS, default="dense")
     p.add_argument("--out", type=Path, default=Path("runs/widget_learn_time"))
     args = p.parse_args(argv)
     import napari
