@@ -312,8 +312,10 @@ class EclipseModel(nn.Module):
         Mask2Former's panoptic inference drops it)."""
         groups = [g for g in self.groups if g.num_queries > 0]
         own = [g.merge_overlap for g in groups]
-        if not any(own) or len(raw.group_queries) != len(groups):
+        if not any(own):
             return overlap_threshold
+        if len(raw.group_queries) != len(groups):  # made by another model: its queries are not these
+            raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
         return torch.cat([torch.full((n,), max(overlap_threshold, o)) for n, o in zip(raw.group_queries, own)])
 
     def _manipulate(self, logits: torch.Tensor, deltas: list[float]) -> torch.Tensor:
