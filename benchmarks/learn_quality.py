@@ -390,7 +390,11 @@ def _with_settings(config: LearnConfig, settings: list[str]) -> LearnConfig:
         if key not in LearnConfig.__dataclass_fields__:
             raise SystemExit(f"--set: LearnConfig has no field {key!r}")
         current = getattr(config, key)
-        if isinstance(current, tuple):
+        if value.lower() == "none":
+            changes[key] = None
+        elif current is None:
+            changes[key] = float(value)
+        elif isinstance(current, tuple):
             changes[key] = tuple(v for v in value.split(",") if v)
         elif isinstance(current, bool):
             changes[key] = value.lower() in ("1", "true", "yes")

@@ -194,3 +194,16 @@ def test_seeds_retrain_the_model_learners_and_the_report_shows_their_spread(monk
     table = learn_quality.format_table(rows, ["learn", "filter forest"])
     first, spread = table.split("PQ over 3 seeds")
     assert "1.20x" in first and "0.60x" in spread  # 60 vs 50 on seed 7 alone, 30 vs 50 over the seeds
+
+
+def test_set_reads_optional_fields_and_none():
+    from learn_quality import _with_settings
+
+    from model.interactive.config import LearnConfig
+
+    config = _with_settings(LearnConfig(), ["dense_stuff_share=none", "iterations=150", "dense_inputs=res2,mask"])
+    assert config.dense_stuff_share is None and config.iterations == 150
+    assert config.dense_inputs == ("res2", "mask")
+    assert _with_settings(config, ["dense_stuff_share=0.5"]).dense_stuff_share == 0.5
+    with pytest.raises(SystemExit, match="no field 'nothing'"):
+        _with_settings(config, ["nothing=1"])
