@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 import time
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -390,10 +391,14 @@ def _with_settings(config: LearnConfig, settings: list[str]) -> LearnConfig:
         if key not in LearnConfig.__dataclass_fields__:
             raise SystemExit(f"--set: LearnConfig has no field {key!r}")
         current = getattr(config, key)
+        kinds = [t for t in typing.get_args(LearnConfig.__dataclass_fields__[key].type) if t is not type(None)]
+        optional = len(kinds) < len(typing.get_args(LearnConfig.__dataclass_fields__[key].type))
         if value.lower() == "none":
+            if not optional:
+                raise SystemExit(f"--set: {key} cannot be None")
             changes[key] = None
-        elif current is None:
-            changes[key] = float(value)
+        elif current is None:  # an optional field left unset: its other type reads the value
+            changes[key] = kinds[0](value)
         elif isinstance(current, tuple):
             changes[key] = tuple(v for v in value.split(",") if v)
         elif isinstance(current, bool):

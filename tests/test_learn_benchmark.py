@@ -207,3 +207,5 @@ def test_set_reads_optional_fields_and_none():
     assert _with_settings(config, ["dense_stuff_share=0.5"]).dense_stuff_share == 0.5
     with pytest.raises(SystemExit, match="no field 'nothing'"):
         _with_settings(config, ["nothing=1"])
+    with pytest.raises(SystemExit, match="iterations cannot be None"):
+        _with_settings(config, ["iterations=none"])
