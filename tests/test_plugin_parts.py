@@ -121,6 +121,36 @@ def test_widget_module_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_learns_forest_library_is_imported_before_the_first_learn():
+    """The widget imports scikit-learn in the background once the model is loaded
+    (`import_learn_libraries`): opening the session must not load it (that would delay the model), and
+    fitting and using a pixel forest afterwards must import nothing of it that the warm-up missed."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import sys",
+        "import numpy as np, torch",
+        "from eclipse_napari.plugin.session import Session, import_learn_libraries",
+        "from model.network.forest import TreeEnsemble",
+        "from model.training.pixel_stage import PixelFitConfig, _forest",
+        "assert not [m for m in sys.modules if m.startswith('sklearn')], 'the session loads scikit-learn'",
+        "import_learn_libraries()",
+        "before = set(sys.modules)",
+        "rng = np.random.default_rng(0)",
+        "x = rng.normal(size=(200, 4)).astype(np.float32)",
+        "y = (x[:, 0] > 0).astype(np.int64)",
+        "forest = TreeEnsemble(0, 0, 2, 0)",
+        "forest.set_trees(_forest(PixelFitConfig(), 3, 1, 0).fit(x, y), 2)",
+        "p = forest(torch.from_numpy(x))",
+        "assert p.shape == (200, 2)",
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith('sklearn')))",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"Learn imported scikit-learn modules the warm-up did not: {out.stdout[:600]}"
+
+
 def test_the_learn_report_says_when_old_classes_were_lost():
     """The widget's report after Learn must be able to say something bad, in figures the user reads."""
     from eclipse_napari.plugin.teach_actions import _report

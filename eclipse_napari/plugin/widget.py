@@ -198,6 +198,9 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
                 self._notify(f"could not load the project's model ({exc}); using {session.source}", "warning")
         self._set_state(State.READY)
         self._refresh_model()
+        from .session import import_learn_libraries
+
+        threading.Thread(target=import_learn_libraries, name="eclipse-napari: Learn's libraries", daemon=True).start()
 
     def _refresh_model(self) -> None:
         if self.session is None:
