@@ -123,7 +123,7 @@ def test_widget_module_does_not_import_torch():
 
 def test_learns_forest_library_is_imported_before_the_first_learn():
     """The widget imports scikit-learn in the background once the model is loaded
-    (`import_learn_libraries`): opening the session must not load it (that would delay the model), and
+    (`import_scikit_learn`): opening the session must not load it (that would delay the model), and
     fitting and using a pixel forest afterwards must import nothing of it that the warm-up missed."""
     import subprocess
     import sys
@@ -131,11 +131,11 @@ def test_learns_forest_library_is_imported_before_the_first_learn():
     code = "\n".join([
         "import sys",
         "import numpy as np, torch",
-        "from eclipse_napari.plugin.session import Session, import_learn_libraries",
-        "from model.network.forest import TreeEnsemble",
+        "from eclipse_napari.plugin.session import Session",
+        "from model.network.forest import TreeEnsemble, import_scikit_learn",
         "from model.training.pixel_stage import PixelFitConfig, _forest",
         "assert not [m for m in sys.modules if m.startswith('sklearn')], 'the session loads scikit-learn'",
-        "import_learn_libraries()",
+        "import_scikit_learn()",
         "before = set(sys.modules)",
         "rng = np.random.default_rng(0)",
         "x = rng.normal(size=(200, 4)).astype(np.float32)",

@@ -27,14 +27,6 @@ from model.training.progress import Progress, RunState
 from ..resources import shipped_base_path
 
 
-def import_learn_libraries() -> None:
-    """Imports what Learn otherwise loads only when it first fits its pixel forest: scikit-learn, about
-    2 s on one core. The widget runs this in a background thread once the model is loaded, so the
-    user's first Learn does not wait for it."""
-    import sklearn.ensemble  # noqa: F401
-    import sklearn.tree._tree  # noqa: F401
-
-
 class BusyError(RuntimeError):
     """The model is in use by another operation (training, prediction)."""
 

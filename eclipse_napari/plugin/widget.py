@@ -198,9 +198,11 @@ class EclipseWidget(PredictActions, TeachActions, StepActions, QWidget):
                 self._notify(f"could not load the project's model ({exc}); using {session.source}", "warning")
         self._set_state(State.READY)
         self._refresh_model()
-        from .session import import_learn_libraries
+        # Learn's pixel forest needs scikit-learn, about 2 s of imports: loaded while the user paints
+        # instead of when the first Learn is pressed.
+        from model.network.forest import import_scikit_learn
 
-        threading.Thread(target=import_learn_libraries, name="eclipse-napari: Learn's libraries", daemon=True).start()
+        threading.Thread(target=import_scikit_learn, name="eclipse-napari: scikit-learn", daemon=True).start()
 
     def _refresh_model(self) -> None:
         if self.session is None:

@@ -15,11 +15,24 @@ thread); elsewhere, or where scikit-learn cannot take the tables, by torch (`wal
 same leaves.
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import nn
+
+_IMPORTING = threading.Lock()
+
+
+def import_scikit_learn() -> None:
+    """Imports the parts of scikit-learn that forests use (fitting and walking trees), once, under a lock.
+    It is imported late (about 2 s on one core); the napari widget imports it ahead in a background
+    thread, and two threads importing one package at once may see it half initialised."""
+    with _IMPORTING:
+        import sklearn.ensemble  # noqa: F401
+        import sklearn.tree._tree  # noqa: F401
+
 
 _CHUNK = 16384  # pixels evaluated at once (bounds the [pixels, trees] index tables)
 _SUMS = 4  # running sums of trees on the CPU (threads share them out)
@@ -191,6 +204,7 @@ class TreeEnsemble(nn.Module):
 def _as_sklearn_trees(feature, threshold, branches, value, roots, depth: int) -> list | None:
     """scikit-learn `Tree`s of the tables (thresholds already float32 values, so float32 features split
     as in the tables), or None where a tree's nodes are not one block [roots[t], roots[t + 1])."""
+    import_scikit_learn()
     from sklearn.tree._tree import NODE_DTYPE, Tree
 
     starts = roots.astype(np.int64)

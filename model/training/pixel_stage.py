@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..network.forest import import_scikit_learn
 from .dense import UNKNOWN
 
 
@@ -73,6 +74,7 @@ def pixel_table(head, entries: Sequence, config: PixelFitConfig) -> tuple[np.nda
 
 
 def _forest(config: PixelFitConfig, trees: int, threads: int, seed: int):
+    import_scikit_learn()
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(trees, max_depth=config.max_depth, min_samples_leaf=config.min_samples_leaf,
