@@ -310,6 +310,8 @@ def main(argv=None) -> int:
                    help="LearnConfig fields for 'learn' (tuning experiments), e.g. dense_crop=0 iterations=150")
     p.add_argument("--set-adaptive", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="LearnConfig fields for 'adaptive' (tuning experiments), e.g. adaptive_queries=50")
+    p.add_argument("--set-published", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="LearnConfig fields for 'published' (tuning experiments)")
     p.add_argument("--seeds", type=int, default=1,
                    help="train each model learner this many times, with seeds seed..seed+N-1 (LearnConfig.seed), "
                         "and report each class's PQ over them (the main table shows the first)")
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     choices = peer_choices(args.split) if any(n in PEERS for n in args.learners) else {}
     learn_config = _with_settings(LearnConfig(), args.set)
-    configs = {"learn": learn_config, "upper": learn_config, "published": LearnConfig.prompts(),
+    configs = {"learn": learn_config, "upper": learn_config, "published": _with_settings(LearnConfig.prompts(), args.set_published),
                "adaptive": _with_settings(LearnConfig.adaptive(), args.set_adaptive)}
     configs = {k: replace(c, iterations=max(1, int(c.iterations * args.iterations_scale))) for k, c in configs.items()}
     base_path = shipped_base_path()

@@ -28,6 +28,7 @@ def test_bench_end_to_end(data_root, tmp_path, capsys):
     assert main(["--data-root", str(data_root), "--train-base", "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "ECLIPSE (delta auto)" in printed and "finetune" in printed and "joint" in printed
+    assert "ECLIPSE (old own no-obj)" in printed, "the trained model merged with old groups' own no-object"
     data = json.loads((out / "results.json").read_text())
     assert data["scenario"] == "scenes-16-8" and data["world_size"] == 1
     assert set(data["methods"]) == {"eclipse", "finetune", "joint"}
@@ -35,7 +36,7 @@ def test_bench_end_to_end(data_root, tmp_path, capsys):
     assert eclipse["trainable_parameters"] < finetune["trainable_parameters"] / 5
     assert len(eclipse["deltas"]) == 2 and eclipse["delta_table"], "delta is chosen automatically"
     for group in ("old", "new", "all"):
-        assert group in eclipse["pq"]
+        assert group in eclipse["pq"] and group in data["eclipse_own_no_object"]
     assert (out / "pq_per_step.png").stat().st_size > 1000
     assert (out / "results.txt").read_text().startswith("scenes-16-8")
     model = load_model(out / "eclipse")
@@ -71,6 +72,8 @@ def test_bench_over_several_seeds_writes_each_and_the_spread(data_root, tmp_path
     assert summary["methods"]["eclipse"]["old"]["mean"] == pytest.approx(sum(old) / 2)
     text = (out / "summary.txt").read_text()
     assert "mean ± std" in text and "ECLIPSE deltas per seed" in text and "machine:" in text
+    assert "ECLIPSE (old own no-obj)" in text and summary["eclipse_own_no_object"]["old"]["values"] == \
+        pytest.approx([r["eclipse_own_no_object"]["old"]["pq"] for r in runs])
     # The verdict on the 95% line follows the mean, and says so when it is missed.
     summary["ratios"]["eclipse_old_over_base_old"] = 0.9
     assert "misses the 95% line" in format_summary(summary)

@@ -227,6 +227,10 @@ def _run(args, scenario, device, rank, world, log, seed: int, out: Path) -> tupl
             fixed = copy.deepcopy(results["models"]["eclipse"])
             fixed.set_deltas(list(scenario.deltas[: fixed.num_steps + 1]))
             results["eclipse_paper_deltas"] = bench.evaluate(fixed, scenario.num_steps)
+        if "eclipse" in results["models"]:
+            own = copy.deepcopy(results["models"]["eclipse"])
+            own.old_groups_keep_no_object = True
+            results["eclipse_own_no_object"] = bench.evaluate(own, scenario.num_steps)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1, None

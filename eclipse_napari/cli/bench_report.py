@@ -10,6 +10,14 @@ def _pct(value) -> str:
     return "  -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:5.1f}"
 
 
+# The trained ECLIPSE model merged otherwise (no training of their own): key in results -> table label.
+ECLIPSE_VARIANTS = {
+    "eclipse_paper_deltas": "ECLIPSE (paper deltas)",
+    # old groups keep their own no-object verdict (`manipulate_logits`'s own_no_object), the run's deltas
+    "eclipse_own_no_object": "ECLIPSE (old own no-obj)",
+}
+
+
 def results_json(scenario, settings, results: dict, world_size: int) -> dict:
     methods = {}
     for method, records in results["methods"].items():
@@ -31,8 +39,9 @@ def results_json(scenario, settings, results: dict, world_size: int) -> dict:
         "methods": methods,
         "paper_deltas": list(scenario.deltas),
     }
-    if "eclipse_paper_deltas" in results:
-        data["eclipse_paper_deltas"] = results["eclipse_paper_deltas"]
+    for key in ECLIPSE_VARIANTS:
+        if key in results:
+            data[key] = results[key]
     return _clean(data)
 
 
@@ -80,10 +89,13 @@ def format_table(data: dict) -> str:
             f"{_pct(scores['all'][metric]):>9}{last['trainable_parameters']:>16,}{seconds:>9.0f}"
             f"{last['peak_memory_mib']:>10.0f}"
         )
-    if "eclipse_paper_deltas" in data:
-        fixed = data["eclipse_paper_deltas"]
-        lines.append(f"{'ECLIPSE (paper deltas)':<24}{_pct(fixed['old'][metric]):>9}{_pct(fixed['new'][metric]):>9}"
-                     f"{_pct(fixed['all'][metric]):>9}   deltas {data['paper_deltas']}")
+    for key, label in ECLIPSE_VARIANTS.items():
+        if key in data:
+            fixed = data[key]
+            how = f"deltas {data['paper_deltas']}" if key == "eclipse_paper_deltas" else \
+                "ECLIPSE's deltas; old groups keep their own no-object verdict"
+            lines.append(f"{label:<24}{_pct(fixed['old'][metric]):>9}{_pct(fixed['new'][metric]):>9}"
+                         f"{_pct(fixed['all'][metric]):>9}   {how}")
     if "eclipse" in data["methods"]:
         last = data["methods"]["eclipse"][-1]
         lines.append(f"ECLIPSE deltas used: {[round(d, 2) for d in last['deltas']]}")
@@ -182,9 +194,9 @@ def summarize(runs: list[dict]) -> dict:
         "base": {"old": stats([r["base"][metric]["old"][metric] for r in runs])},
         "methods": methods,
     }
-    if all("eclipse_paper_deltas" in r for r in runs):
-        summary["eclipse_paper_deltas"] = {g: stats([r["eclipse_paper_deltas"][g][metric] for r in runs])
-                                           for g in ("old", "new", "all")}
+    for key in ECLIPSE_VARIANTS:
+        if all(key in r for r in runs):
+            summary[key] = {g: stats([r[key][g][metric] for r in runs]) for g in ("old", "new", "all")}
     base_old = summary["base"]["old"]["mean"]
     ratios = {}
     if "eclipse" in methods and base_old:
@@ -217,9 +229,10 @@ def format_summary(summary: dict) -> str:
     for method, m in summary["methods"].items():
         label = "ECLIPSE" if method == "eclipse" else method
         lines.append(f"{label:<24}{cell(m['old']):>26}{cell(m['new']):>26}{cell(m['all']):>26}")
-    if "eclipse_paper_deltas" in summary:
-        p = summary["eclipse_paper_deltas"]
-        lines.append(f"{'ECLIPSE (paper deltas)':<24}{cell(p['old']):>26}{cell(p['new']):>26}{cell(p['all']):>26}")
+    for key, label in ECLIPSE_VARIANTS.items():
+        if key in summary:
+            p = summary[key]
+            lines.append(f"{label:<24}{cell(p['old']):>26}{cell(p['new']):>26}{cell(p['all']):>26}")
     if "eclipse" in summary["methods"]:
         lines.append("ECLIPSE deltas per seed: " + "; ".join(
             str([round(d, 2) for d in ds]) for ds in summary["methods"]["eclipse"]["deltas"]))

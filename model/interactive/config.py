@@ -63,6 +63,9 @@ class LearnConfig:
     adaptive_queries: int = 100  # adaptive only: queries per image (the most instances it can find)
     # prompts and adaptive: the set losses on every decoder layer's prediction (else the last only)
     deep_supervision: bool = True
+    # prompts and adaptive: old query groups keep their own no-object verdict under logit manipulation
+    # (`manipulate_logits`), so queries the base model rejected stay rejected; False: as published
+    old_groups_keep_no_object: bool = False
     dense_hidden: int = 32  # dense only: channels of the head at stride 4
     # Dense only: channels of the head's full-resolution path (0 = none: the stride-4 logits, upsampled).
     # Measured on the tuning split over 3 seeds, 16 channels with the image's filter bank gave the same PQ

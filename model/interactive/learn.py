@@ -73,6 +73,8 @@ def learn_classes(
             model.add_adaptive_step(names, is_thing, config.adaptive_queries, colors)
     else:
         model.add_step(names, is_thing, config.num_prompts, colors)
+    if not dense:  # removing the step (undo, cancel, failure) restores the model's choice
+        model.old_groups_keep_no_object = config.old_groups_keep_no_object
     try:  # from here on, any failure removes the step again
         result = prepared.train_and_report(model, device, callback, cancel)
     except BaseException:

@@ -105,6 +105,9 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
         **layout,
         # The deltas in effect right after this step (later steps may re-tune earlier deltas).
         "deltas": model.deltas if step == model.num_steps else list(model.groups[step + 1].previous_deltas),
+        # So is whether old groups keep their own no-object verdict (absent in older files: they do not).
+        "old_groups_keep_no_object": (model.old_groups_keep_no_object if step == model.num_steps
+                                      else model.groups[step + 1].previous_keep_no_object),
         "base_fingerprint": base_fingerprint(model),
         "parent_fingerprint": step_fingerprint(model, step - 1) if step > 1 else None,
         "fingerprint": step_fingerprint(model, step),
@@ -117,6 +120,9 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
     tensors, meta = load_tensor_file(path, kind=STEP_KIND)
     try:
         step, deltas = int(meta["step"]), [float(d) for d in meta["deltas"]]
+        keep_no_object = meta.get("old_groups_keep_no_object", False)
+        if not isinstance(keep_no_object, bool):
+            raise ValueError(f"old_groups_keep_no_object is {keep_no_object!r}, not true or false")
         classes = [ClassSpec.from_json(c) for c in meta["classes"]]
         base_fp, parent_fp = meta["base_fingerprint"], meta["parent_fingerprint"]
         if "dense_head" in meta:  # a dense step (no queries)
@@ -172,8 +178,10 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         except ValueError as exc:
             raise CheckpointError(f"{path}: the dense step's pixel forest is damaged ({exc})") from exc
     group.previous_deltas = model.deltas
+    group.previous_keep_no_object = model.old_groups_keep_no_object
     model.decoder.groups.append(group.to(model.pixel_mean.device))
     model.set_deltas(deltas)
+    model.old_groups_keep_no_object = keep_no_object
     model.freeze_for_training()
     return group
 

@@ -118,6 +118,15 @@ class MaskedAttentionDecoder(nn.Module):
     def no_object_head(self) -> nn.Module:
         return next(g.no_object_head for g in reversed(self.groups) if g.no_object_head is not None)
 
+    def own_no_object_head(self, group: int) -> nn.Module:
+        """The no-object head group `group` was trained with: the newest one up to that group."""
+        return next(g.no_object_head for g in reversed(self.groups[: group + 1]) if g.no_object_head is not None)
+
+    def own_no_object_logits(self, out: "DecoderOutput", index: int = -1) -> torch.Tensor:
+        """[B, Q]: each query's no-object logit from its own group's head (`own_no_object_head`)."""
+        hidden = out.normed_hidden[index]
+        return torch.cat([self.own_no_object_head(g)(h)[..., 0] for g, h in zip(out.group_ids, hidden)], 1)
+
     def class_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
         """Logits of every group's class head, then no-object, for decoder-normed hidden states. A dense
         step's classes get a constant, losing logit: no query ever predicts them."""

@@ -32,6 +32,9 @@ class EclipseModel(nn.Module):
         self.size_divisibility = int(getattr(backbone, "size_divisibility", 32))
         self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(1, 3, 1, 1), persistent=False)
+        # Old groups keep their own no-object verdict under logit manipulation (`manipulate_logits`'s
+        # own_no_object; not in the paper, so off by default). Step files record it as they record deltas.
+        self.old_groups_keep_no_object = False
 
     # ----------------------------------------------------------------- classes and groups
     @property
@@ -125,6 +128,7 @@ class EclipseModel(nn.Module):
         if train_no_object:
             group.no_object_head.load_state_dict(no_object.state_dict())
         group.previous_deltas = self.deltas  # what removing this step restores
+        group.previous_keep_no_object = self.old_groups_keep_no_object
         if not any(g.num_queries for g in self.groups[1:]) and base.delta == 0:  # the first prompt step
             base.delta.fill_(DEFAULT_BASE_DELTA)
         self.decoder.groups.append(group)
@@ -144,6 +148,7 @@ class EclipseModel(nn.Module):
         head = DenseHead({k: channels[k] for k in inputs}, len(classes), hidden, fine, filters, pixel)
         group = DenseGroup(classes, head, rule).to(self.pixel_mean.device)
         group.previous_deltas = self.deltas
+        group.previous_keep_no_object = self.old_groups_keep_no_object
         self.decoder.groups.append(group)
         self.freeze_for_training()
         return group
@@ -190,6 +195,7 @@ class EclipseModel(nn.Module):
         del self.decoder.groups[-1]
         if group.previous_deltas is not None:
             self.set_deltas(group.previous_deltas)
+        self.old_groups_keep_no_object = group.previous_keep_no_object
         self.freeze_for_training()
 
     def freeze_for_training(self) -> None:
@@ -266,7 +272,7 @@ class EclipseModel(nn.Module):
         dense = [g.head(encoded.dense) for g in dense_groups]
         return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), encoded.padded_size,
                              encoded.image_size, dense, [g.head.output_stride for g in dense_groups],
-                             [h.shape[1] for h in out.normed_hidden[-1]])
+                             [h.shape[1] for h in out.normed_hidden[-1]], self.decoder.own_no_object_logits(out))
 
     def merge(
         self,
@@ -283,7 +289,7 @@ class EclipseModel(nn.Module):
         `masks`: this image's mask logits already resized to `output_size` (`resized_masks`), for
         merging one inference with many deltas."""
         deltas = self.deltas if deltas is None else [float(d) for d in deltas]
-        logits = self._manipulate(raw.logits[index : index + 1], deltas)[0]
+        logits = self._manipulate(raw.logits[index : index + 1], deltas, self._own_no_object(raw, index))[0]
         size = output_size or raw.image_size
         if masks is None:
             masks = self.resized_masks(raw, index, size)
@@ -318,16 +324,25 @@ class EclipseModel(nn.Module):
             raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
         return torch.cat([torch.full((n,), max(overlap_threshold, o)) for n, o in zip(raw.group_queries, own)])
 
-    def _manipulate(self, logits: torch.Tensor, deltas: list[float]) -> torch.Tensor:
+    def _own_no_object(self, raw: RawPrediction, index: int) -> torch.Tensor | None:
+        if not self.old_groups_keep_no_object:
+            return None
+        if raw.own_no_object is None:
+            raise ValueError("this prediction lacks the queries' own no-object logits: infer it again")
+        return raw.own_no_object[index : index + 1]
+
+    def _manipulate(self, logits: torch.Tensor, deltas: list[float],
+                    own_no_object: torch.Tensor | None = None) -> torch.Tensor:
         """Logit manipulation among the query groups only, as if dense steps were not there (they make
         no query predictions); their class columns are then set to -inf, so no query takes them."""
         groups = self.groups
         if all(g.num_queries for g in groups):
-            return manipulate_logits(logits, [g.num_queries for g in groups], [g.num_classes for g in groups], deltas)
+            return manipulate_logits(logits, [g.num_queries for g in groups], [g.num_classes for g in groups], deltas,
+                                     own_no_object)
         query = [t for t, g in enumerate(groups) if g.num_queries]
         columns = [c - 1 for t in query for c in self.class_ids(t)] + [logits.shape[-1] - 1]
         sub = manipulate_logits(logits[..., columns], [groups[t].num_queries for t in query],
-                                [groups[t].num_classes for t in query], [deltas[t] for t in query])
+                                [groups[t].num_classes for t in query], [deltas[t] for t in query], own_no_object)
         out = torch.full_like(logits, float("-inf"))
         out[..., columns] = sub
         return out
@@ -352,7 +367,8 @@ class EclipseModel(nn.Module):
         raw = self.infer(to_chw_tensor(image)[None])
         size = output_size or raw.image_size
         masks = self.resized_masks(raw, 0, size)
-        semantic = semantic_inference(self._manipulate(raw.logits[0:1], self.deltas)[0], masks)
+        semantic = semantic_inference(self._manipulate(raw.logits[0:1], self.deltas, self._own_no_object(raw, 0))[0],
+                                      masks)
         dense_ids = [c for t, g in enumerate(self.groups) if g.num_queries == 0 for c in self.class_ids(t)]
         if dense_ids:
             merged = self.merge(raw, 0, None, size, masks=masks).semantic.to(semantic.dtype)

@@ -19,6 +19,7 @@ def add_query_heads(group: nn.Module, dim: int, num_classes: int, owns_no_object
     # Every group's delta just before this step was added: removing the step restores them (steps
     # re-tune earlier deltas). None for the base group.
     group.previous_deltas = None
+    group.previous_keep_no_object = False  # the model's `old_groups_keep_no_object` before this step
 
 
 class QueryGroup(nn.Module):
@@ -88,6 +89,7 @@ class DenseGroup(nn.Module):
         self.rule = rule or InstanceRule()
         self.register_buffer("delta", torch.tensor(0.0))
         self.previous_deltas: list[float] | None = None
+        self.previous_keep_no_object = False
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,93 @@
+"""Logit manipulation's optional rule: old groups keep their own no-object verdict."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from model.network.build import build_model
+from model.network.config import tiny_config
+from model.network.logit_manipulation import manipulate_logits
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_old_groups_keep_their_own_no_object_verdict_the_newest_group_is_untouched():
+    # Base group: 2 queries, 2 classes; step group: 2 queries, 1 class. Columns: base0, base1, new0, no-object.
+    logits = torch.full((1, 4, 4), -6.0)
+    logits[0, :2, 0] = 0.0  # both base queries say "base0" at 0.5
+    logits[0, :, 3] = torch.tensor([4.0, -4.0, 3.0, -3.0])  # the serving no-object head (retrained by the step)
+    own = torch.tensor([[5.0, -8.0, 0.0, 0.0]])  # base query 0 was rejected by the base itself, query 1 kept
+    deltas = [0.5, 0.5]
+    published = manipulate_logits(logits, [2, 2], [2, 1], deltas)
+    kept = manipulate_logits(logits, [2, 2], [2, 1], deltas, own)
+    # The published rule overwrites both base queries' no-object with "is a new class here" (hardly).
+    expected = _logit(max(0.001, 0.5 * torch.sigmoid(torch.tensor(-6.0)).item()))  # one new class, at -6
+    assert published[0, 0, 3].item() == published[0, 1, 3].item() == pytest.approx(expected, abs=1e-5)
+    assert published[0, 0, :2].sigmoid().max() > published[0, 0, 3].sigmoid(), "published: query 0 is an object"
+    # With its own verdict, base query 0 stays rejected; query 1 (its own verdict: object) is as published.
+    assert kept[0, 0, 3].item() == 5.0 and kept[0, 0, :2].sigmoid().max() < kept[0, 0, 3].sigmoid()
+    assert torch.equal(kept[0, 1], published[0, 1])
+    # The newest group is never vetoed by its own head (it is the serving head): as published.
+    assert torch.equal(kept[0, 2:], published[0, 2:])
+    assert torch.equal(manipulate_logits(logits, [2, 2], [2, 1], deltas, None), published)
+
+
+def test_model_merges_with_old_groups_keeping_what_the_base_rejected():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), ["a", "b", "c"], [True, True, False], backbone_weights="random").eval()
+    image = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model.infer(image)
+        model.add_step(["new"], [True], 4)
+        model.groups[-1].no_object_head.layers[-1].bias.add_(3.0)  # what training the shared head may do
+        model.set_deltas([0.5, 0.5])
+        after = model.infer(image)
+    n = model.groups[0].num_queries
+    own_base = before.logits[0, :, -1]
+    torch.testing.assert_close(after.own_no_object[0, :n], own_base)
+    assert not torch.allclose(after.logits[0, :n, -1], own_base), "the serving no-object head has changed"
+
+    def kept_queries(flag: bool) -> set[int]:
+        model.old_groups_keep_no_object = flag
+        logits = model._manipulate(after.logits, model.deltas, model._own_no_object(after, 0))[0, :n].sigmoid()
+        return {q for q in range(n) if logits[q, :-1].max() > logits[q, -1]}
+
+    base_keeps = {q for q in range(n) if before.logits[0, q, :-1].sigmoid().max() > before.logits[0, q, -1].sigmoid()}
+    published, own = kept_queries(False), kept_queries(True)
+    assert published - base_keeps, "the published rule brings back queries the base rejected (the case tested)"
+    assert own <= base_keeps and own <= published
+    # Merged results follow the flag; it is not saved, so a model starts with the published rule.
+    model.old_groups_keep_no_object = True
+    with_own = model.merge(after, 0)
+    model.old_groups_keep_no_object = False
+    assert len(with_own.segments) <= len(model.merge(after, 0).segments)
+
+
+def test_the_choice_is_saved_with_the_step_undone_with_it_and_set_by_learn(tmp_path):
+    from model import Example, LearnConfig, learn_class
+    from model.io.model_files import load_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    image = np.random.default_rng(0).integers(0, 80, size=(48, 48, 3), dtype=np.uint8)
+    painted = np.zeros((48, 48), np.int32)
+    painted[5:20, 6:22] = 1
+    image[painted > 0] = (250, 200, 40)
+    config = LearnConfig.prompts(iterations=2, batch_size=2, num_points=64, augment_variants=1,
+                                 old_groups_keep_no_object=True)
+    result = learn_class(model, "sun", True, [Example(image, painted)], config)
+    assert result.state == "done" and model.old_groups_keep_no_object
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.old_groups_keep_no_object
+    model.remove_last_step()
+    assert not model.old_groups_keep_no_object, "undo restores the published rule"
+    learn_class(model, "sun", True, [Example(image, painted)], replace(config, old_groups_keep_no_object=False))
+    assert not model.old_groups_keep_no_object
+    save_model(model, tmp_path / "published")
+    assert not load_model(tmp_path / "published").old_groups_keep_no_object
