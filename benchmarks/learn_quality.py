@@ -323,7 +323,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     choices = peer_choices(args.split) if any(n in PEERS for n in args.learners) else {}
     learn_config = _with_settings(LearnConfig(), args.set)
-    configs = {"learn": learn_config, "upper": learn_config, "published": _with_settings(LearnConfig.prompts(), args.set_published),
+    configs = {"learn": learn_config, "upper": learn_config,
+               "published": _with_settings(LearnConfig.prompts(), args.set_published),
                "adaptive": _with_settings(LearnConfig.adaptive(), args.set_adaptive)}
     configs = {k: replace(c, iterations=max(1, int(c.iterations * args.iterations_scale))) for k, c in configs.items()}
     base_path = shipped_base_path()

@@ -46,6 +46,7 @@ def test_model_merges_with_old_groups_keeping_what_the_base_rejected():
         model.add_step(["new"], [True], 4)
         model.groups[-1].no_object_head.layers[-1].bias.add_(3.0)  # what training the shared head may do
         model.set_deltas([0.5, 0.5])
+        model.old_groups_keep_no_object = True  # the own logits are made only where they are used
         after = model.infer(image)
     n = model.groups[0].num_queries
     own_base = before.logits[0, :, -1]
@@ -61,7 +62,7 @@ def test_model_merges_with_old_groups_keeping_what_the_base_rejected():
     published, own = kept_queries(False), kept_queries(True)
     assert published - base_keeps, "the published rule brings back queries the base rejected (the case tested)"
     assert own <= base_keeps and own <= published
-    # Merged results follow the flag; it is not saved, so a model starts with the published rule.
+    # Merged results follow the flag.
     model.old_groups_keep_no_object = True
     with_own = model.merge(after, 0)
     model.old_groups_keep_no_object = False

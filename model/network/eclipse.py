@@ -272,7 +272,8 @@ class EclipseModel(nn.Module):
         dense = [g.head(encoded.dense) for g in dense_groups]
         return RawPrediction(out.class_logits(-1), out.mask_logits(mask_features), encoded.padded_size,
                              encoded.image_size, dense, [g.head.output_stride for g in dense_groups],
-                             [h.shape[1] for h in out.normed_hidden[-1]], self.decoder.own_no_object_logits(out))
+                             [h.shape[1] for h in out.normed_hidden[-1]],
+                             self.decoder.own_no_object_logits(out) if self.old_groups_keep_no_object else None)
 
     def merge(
         self,
@@ -328,7 +329,8 @@ class EclipseModel(nn.Module):
         if not self.old_groups_keep_no_object:
             return None
         if raw.own_no_object is None:
-            raise ValueError("this prediction lacks the queries' own no-object logits: infer it again")
+            raise ValueError("this prediction was made before old groups kept their own no-object verdict: "
+                             "infer it again")
         return raw.own_no_object[index : index + 1]
 
     def _manipulate(self, logits: torch.Tensor, deltas: list[float],

@@ -20,7 +20,8 @@ class RawPrediction:
     dense_logits: list[torch.Tensor] = field(default_factory=list)  # per dense step: [B, 2C, Hp/s, Wp/s]
     dense_strides: list[int] = field(default_factory=list)  # s of each dense step's logits
     group_queries: list[int] = field(default_factory=list)  # queries of each query group, in order
-    # [B, Q] each query's no-object logit from its own group's head (see `manipulate_logits`), or None
+    # [B, Q] each query's no-object logit from its own group's head (see `manipulate_logits`); made only
+    # where the model uses it (`EclipseModel.old_groups_keep_no_object`), else None
     own_no_object: torch.Tensor | None = None
 
 
