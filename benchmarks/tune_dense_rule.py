@@ -70,12 +70,13 @@ def main(argv=None) -> int:
                 r = model.predict(image)
                 return [class_instances(r, c) for c in result.class_ids]
 
-            pq = [c["pq"] for c in score(case, predict)]
+            scores = score(case, predict)
+            pq, sq = [c["pq"] for c in scores], [c["sq"] for c in scores]
             effect = unrelated_effect(before, model, case.unrelated, result.class_ids)
-            table[(ceiling, snap, core)].append({"case": case.name, "pq": pq, **effect})
+            table[(ceiling, snap, core)].append({"case": case.name, "pq": pq, "sq": sq, **effect})
             print(f"{case.name:<18} ceiling {ceiling:4.2f} snap {snap:3.1f} core {core or learned.core:4.2f}: PQ "
-                  f"{' / '.join(f'{v:5.1f}' for v in pq)}, kept {effect['kept']:5.1f}% (worst {effect['kept_worst']:5.1f}%)",
-                  flush=True)
+                  f"{' / '.join(f'{v:5.1f}' for v in pq)} (SQ {' / '.join(f'{v:5.1f}' for v in sq)}), kept "
+                  f"{effect['kept']:5.1f}% (worst {effect['kept_worst']:5.1f}%)", flush=True)
         group.rule = learned
     print()
     rows = []
@@ -83,11 +84,13 @@ def main(argv=None) -> int:
         if not items:
             continue
         pqs = [v for item in items for v in item["pq"]]
+        sqs = [v for item in items for v in item["sq"]]
         row = {"foreign_ceiling": ceiling, "snap_iou": snap, "core": core, "mean_pq": float(np.mean(pqs)),
+               "mean_sq": float(np.mean(sqs)),
                "mean_kept": float(np.mean([i["kept"] for i in items])),
                "worst_kept": float(min(i["kept_worst"] for i in items)), "cases": items}
         rows.append(row)
-        print(f"ceiling {ceiling:4.2f} snap {snap:3.1f} core {core}: mean PQ {row['mean_pq']:5.1f}, mean kept "
+        print(f"ceiling {ceiling:4.2f} snap {snap:3.1f} core {core}: mean PQ {row['mean_pq']:5.1f} (SQ {row['mean_sq']:5.1f}), mean kept "
               f"{row['mean_kept']:5.1f}%, worst image {row['worst_kept']:5.1f}%")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "tune_dense_rule.json", {"seconds": time.perf_counter() - start, "rows": rows})
