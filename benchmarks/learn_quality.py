@@ -113,12 +113,16 @@ def summary(pq: PanopticQuality) -> dict:
 
 def score(case, predict) -> list[dict]:
     """Per class of the case, the PQ summary of `predict(image) -> per class instance maps` on its
-    held-out images."""
+    held-out images, with the class's pixel IoU over them ("iou", pooled: a stuff segment under IoU 0.5
+    scores 0 PQ, so PQ alone cannot tell a near miss from nothing)."""
     pqs = [one_class_pq(thing) for _, thing in case.classes]
+    pixels = np.zeros((len(case.classes), 2), np.int64)  # per class: intersection, union
     for image, truths in case.heldout:
-        for pq, truth, predicted, (_, thing) in zip(pqs, truths, predict(image), case.classes):
+        for k, (pq, truth, predicted, (_, thing)) in enumerate(zip(pqs, truths, predict(image), case.classes)):
             add_one_class(pq, truth, predicted, thing)
-    return [summary(pq) for pq in pqs]
+            true, found = np.asarray(truth) > 0, np.asarray(predicted) > 0
+            pixels[k] += (int((true & found).sum()), int((true | found).sum()))
+    return [summary(pq) | {"iou": 100 * float(i) / max(int(u), 1)} for pq, (i, u) in zip(pqs, pixels)]
 
 
 def run_model_learner(case, learner: str, base_path: Path, before: list[np.ndarray], config: LearnConfig) -> dict:
@@ -176,12 +180,15 @@ def peer_choices(split: str, path: Path = CHOICE_FILE) -> dict:
     return json.loads(path.read_text())
 
 
-def cell(r: dict | None, k: int) -> str:
+def cell(r: dict | None, k: int, thing: bool = True) -> str:
+    """PQ (SQ) TP/FP/FN of a thing class; PQ (pixel IoU) of a stuff class (one segment per image)."""
     if r is None:
         return "n/a"
     if "refused" in r:
         return "refused"
     c = r["classes"][k]
+    if not thing and "iou" in c:
+        return f"{c['pq']:5.1f} (IoU {c['iou']:4.1f})"
     return f"{c['pq']:5.1f} ({c['sq']:4.1f}) {c['tp']}/{c['fp']}/{c['fn']}"
 
 
@@ -205,11 +212,11 @@ def seed_spread(r: dict | None, k: int) -> tuple[float, float, float, int] | Non
 def format_table(rows: dict, learners) -> str:
     width = 26
     head = f"{'case':<26}" + "".join(f"{name:>{width}}" for name in learners) + f"{'learn vs best peer':>22}"
-    lines = ["PQ (SQ) TP/FP/FN of each new class on held-out images", head]
+    lines = ["PQ (SQ) TP/FP/FN of each new thing class on held-out images; PQ (pixel IoU) of each stuff class", head]
     for case, (classes, results) in rows.items():
-        for k, (name, _) in enumerate(classes):
+        for k, (name, thing) in enumerate(classes):
             label = case if len(classes) == 1 else f"{case}: {name}"
-            cells = [cell(results.get(n), k).rjust(width) for n in learners]
+            cells = [cell(results.get(n), k, thing).rjust(width) for n in learners]
             peer, peer_pq = best_peer(results, k)
             learn = results.get("learn")
             verdict = "-"
@@ -357,7 +364,7 @@ def main(argv=None) -> int:
                                                   "seeds": [config.seed + s for s in range(args.seeds)]}
             r = results[learner]
             print(f"{case.name:<18} {learner:<18} " + ("refused: " + r["refused"] if "refused" in r else
-                  " | ".join(cell(r, k) for k in range(len(case.classes))) + f" {r['seconds']:5.1f} s"
+                  " | ".join(cell(r, k, thing) for k, (_, thing) in enumerate(case.classes)) + f" {r['seconds']:5.1f} s"
                   + (f", kept {r['kept']:.1f}% (worst {r['kept_worst']:.1f}%), claimed {r['claimed']:.1f}%"
                      if "kept" in r else "")), flush=True)
         rows[case.name] = (case.classes, results)

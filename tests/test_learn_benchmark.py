@@ -156,6 +156,27 @@ def test_a_peer_reads_the_painting_as_learn_does_and_one_class_pq():
     assert summary(pq)["fp"] == 1
 
 
+def test_a_stuff_class_just_under_iou_half_shows_its_iou_beside_zero_pq():
+    """A stuff segment under IoU 0.5 scores 0 PQ, like finding nothing: the table gives the class's pixel
+    IoU beside it, so a near miss and a miss read differently."""
+    from learn_cases import Case
+    from learn_quality import cell, score
+
+    truth = np.zeros((10, 10), np.int32)
+    truth[:, :5] = 1  # 50 pixels
+    near = np.zeros_like(truth)
+    near[:, :3] = 1
+    near[:3, 5:] = 1  # 30 of them found, and 15 more: IoU 30 / 65
+    case = Case("stuff", [("vessel", False)], [[]], [(np.zeros((10, 10, 3), np.uint8), [truth])], [])
+    (near_miss,) = score(case, lambda image: [near])
+    (nothing,) = score(case, lambda image: [np.zeros_like(truth)])
+    assert near_miss["pq"] == nothing["pq"] == 0.0
+    assert abs(near_miss["iou"] - 100 * 30 / 65) < 1e-9 and nothing["iou"] == 0.0
+    assert cell({"classes": [near_miss]}, 0, thing=False) == "  0.0 (IoU 46.2)"
+    assert cell({"classes": [nothing]}, 0, thing=False) == "  0.0 (IoU  0.0)"
+    assert cell({"classes": [near_miss]}, 0, thing=True).endswith("0/1/1")  # a thing: SQ and the counts
+
+
 def test_seeds_retrain_the_model_learners_and_the_report_shows_their_spread(monkeypatch, tmp_path):
     """--seeds N trains a model learner N times (seeds from LearnConfig.seed on) and the report gives
     each class's PQ over them, a refused run counting 0, against the best peer: a learner that is good
