@@ -90,8 +90,8 @@ def main(argv=None) -> int:
                "mean_kept": float(np.mean([i["kept"] for i in items])),
                "worst_kept": float(min(i["kept_worst"] for i in items)), "cases": items}
         rows.append(row)
-        print(f"ceiling {ceiling:4.2f} snap {snap:3.1f} core {core}: mean PQ {row['mean_pq']:5.1f} (SQ {row['mean_sq']:5.1f}), mean kept "
-              f"{row['mean_kept']:5.1f}%, worst image {row['worst_kept']:5.1f}%")
+        print(f"ceiling {ceiling:4.2f} snap {snap:3.1f} core {core}: mean PQ {row['mean_pq']:5.1f} "
+              f"(SQ {row['mean_sq']:5.1f}), mean kept {row['mean_kept']:5.1f}%, worst image {row['worst_kept']:5.1f}%")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "tune_dense_rule.json", {"seconds": time.perf_counter() - start, "rows": rows})
     print(f"wrote {args.out / 'tune_dense_rule.json'} ({time.perf_counter() - start:.0f} s)")
