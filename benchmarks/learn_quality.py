@@ -27,10 +27,10 @@ negatives.
 Cases: benchmarks/learn_cases.py. Per case, class and learner: PQ, SQ and TP/FP/FN (a stuff class: PQ and
 pixel IoU) of the class on held-out images (every other pixel counts as "not the class", so false
 positives cost); for the model learners, the share of old-class pixels kept on unrelated images and
-the seconds from pressing Learn to refreshed predictions of the painted images. With --seeds N each model learner is trained N times
-(seeds from LearnConfig.seed on) and a second table gives each class's PQ over them: a step retrained
-with another seed can differ a lot (the forest's share of the blend, chosen on the painting, flips).
-Writes results.json, results.txt and learn_quality.png
+the seconds from pressing Learn to refreshed predictions of the painted images. With --seeds N each
+model learner is trained N times (seeds from LearnConfig.seed on) and a second table gives each class's
+PQ over them: a step retrained with another seed can differ a lot (the forest's share of the blend,
+chosen on the painting, flips). Writes results.json, results.txt and learn_quality.png
 into --out (the tuning split also writes the peers' post-processing choice).
 """
 
