@@ -232,8 +232,8 @@ def format_table(rows: dict, learners) -> str:
               "classes (painted and up to 4 other open images) as negatives. 'refused': the learner said the painting "
               "cannot be learned from (nothing known as background)."]
     model_learners = [n for n in learners if n in MODEL_LEARNERS]
-    lines.append("On unrelated images (no instance of the classes): old-class pixels kept (worst image), share of pixels "
-                 "the new classes claim; seconds from Learn to refreshed predictions")
+    lines.append("On unrelated images (no instance of the classes): old-class pixels kept (worst image), share of "
+                 "pixels the new classes claim; seconds from Learn to refreshed predictions")
     lines.append(f"{'case':<26}" + "".join(f"{n:>36}" for n in model_learners))
     for case, (_, results) in rows.items():
         cells = []
