@@ -99,6 +99,29 @@ def test_duplicates_of_an_adaptive_step_are_dropped_in_the_merge_and_old_queries
     assert sorted(s.category_id for s in strict.segments) == [3]
 
 
+def test_fragments_of_an_adaptive_step_below_its_min_area_are_dropped_at_any_output_size(model):
+    group = model.add_adaptive_step(["blob"], [True], num_queries=2)
+    logits = torch.full((3, 4), -9.0)
+    logits[0, 1] = logits[1, 2] = logits[2, 2] = 5.0  # an old car (a 2-pixel segment) and two blobs
+    masks = torch.full((3, 10, 10), -9.0)
+    masks[0, 0, :2] = 9.0
+    masks[1, 4:, 4:] = 9.0  # a blob of 36 pixels
+    masks[2, 0, 8:] = 9.0  # a fragment of 2 pixels
+    raw = RawPrediction(logits[None], masks[None], (10, 10), (10, 10), group_queries=[1, 2])
+    assert model._min_areas(raw, (10, 10)) == 0.0  # nothing set: Mask2Former's merge
+    assert sorted(s.area for s in panoptic_merge(logits, masks, [False, True, True]).segments) == [2, 2, 36]
+    group.min_area = 18.0
+    areas = model._min_areas(raw, (10, 10))
+    assert areas.tolist() == [0.0, 18.0, 18.0]
+    kept = panoptic_merge(logits, masks, [False, True, True], 0.0, 0.0, areas).segments
+    assert sorted((s.category_id, s.area) for s in kept) == [(2, 2), (3, 36)]  # the old car is kept
+    # At twice the size every segment has four times the pixels, and so does the rule.
+    assert model._min_areas(raw, (20, 20)).tolist() == [0.0, 72.0, 72.0]
+    big = masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    kept = panoptic_merge(logits, big, [False, True, True], 0.0, 0.0, model._min_areas(raw, (20, 20))).segments
+    assert sorted(s.area for s in kept) == [8, 144]
+
+
 def test_centre_targets_peak_at_each_instance_centre_cover_stuff_and_say_what_is_known():
     masks = torch.zeros(3, 40, 40, dtype=torch.bool)
     masks[0, 4:24, 4:24] = True  # a thing instance, 20 px: 5 feature pixels
@@ -115,11 +138,26 @@ def test_centre_targets_peak_at_each_instance_centre_cover_stuff_and_say_what_is
     assert known.all()
 
 
-def test_the_scorer_learns_where_the_instances_are(model):
+def test_the_scorer_learns_where_the_instances_are_and_fragments_go_by_the_painted_sizes(model, tmp_path):
+    from model.io.model_files import load_step, save_step
+
     image, instances = _blobs(0)
     learn_class(model, "blob", True, [Example(image, instances, complete=True)],
                 replace(FAST, iterations=60, batch_size=2))
     group = model.groups[-1]
+    # The fragment rule comes from the painting (half the smallest painted instance, at least 4 pixels),
+    # the merge applies it, and the step's file keeps it.
+    areas = torch.bincount(torch.from_numpy(instances).long().flatten())[1:]
+    assert group.min_area == pytest.approx(max(4.0, FAST.min_area_fraction * int(areas[areas > 0].min())))
+    new_class, area = model.class_ids(1)[0], group.min_area
+    assert any(s.category_id == new_class for s in model.predict(image).segments)
+    group.min_area = 1e9  # every segment of the step is a fragment now
+    assert not any(s.category_id == new_class for s in model.predict(image).segments)
+    group.min_area = area
+    save_step(model, 1, tmp_path / "step.safetensors")
+    model.remove_last_step()
+    group = load_step(model, tmp_path / "step.safetensors")
+    assert group.min_area == area
     test_image, test_instances = _blobs(1)
     with torch.no_grad():
         encoded = model.encode_images(to_chw_tensor(test_image)[None])
@@ -179,10 +217,11 @@ def test_a_step_file_with_a_bad_adaptive_layout_is_refused(model, tmp_path):
     save_step(model, 1, tmp_path / "step.safetensors")
     model.remove_last_step()
     tensors, meta = load_tensor_file(tmp_path / "step.safetensors", kind="eclipse-step")
-    meta["adaptive_queries"]["queries"] = 0
-    save_tensor_file(tmp_path / "bad.safetensors", tensors, "eclipse-step", meta)
-    with pytest.raises(CheckpointError, match="adaptive"):
-        load_step(model, tmp_path / "bad.safetensors")
+    for key, value in (("queries", 0), ("min_area", -1.0), ("min_area", "many")):
+        bad = meta | {"adaptive_queries": meta["adaptive_queries"] | {key: value}}
+        save_tensor_file(tmp_path / "bad.safetensors", tensors, "eclipse-step", bad)
+        with pytest.raises(CheckpointError, match="adaptive|invalid"):
+            load_step(model, tmp_path / "bad.safetensors")
     assert model.num_steps == 0
     loaded = load_step(model, tmp_path / "step.safetensors")
     assert isinstance(loaded, AdaptiveGroup) and loaded.num_queries == 5

@@ -100,7 +100,8 @@ class LearnConfig:
     # Dense only, post-processing (see InstanceRule; chosen on the tuning split of learn_quality.py):
     foreign_ceiling: float = 0.35
     snap_iou: float = 0.5
-    min_area_fraction: float = 0.5  # thing segments below this share of the smallest painted instance go
+    # dense and adaptive: segments below this share of the smallest painted instance go
+    min_area_fraction: float = 0.5
     # A thing region above `weak_detect` is cut at `weak_relative` x its own peak probability (between
     # `weak_detect` and the foreground threshold, which with 0.5 it never reaches): instances unlike the
     # painted ones come out less sure (InstanceRule.detect; 1.0 = off). Tuning split, one run each: ihc

@@ -117,6 +117,7 @@ def refine_last_step(
         config = LearnConfig.for_learner(group.learner, iterations=config.iterations)
     saved = {k: v.detach().clone() for k, v in group.state_dict().items()}
     saved_rule, saved_deltas = getattr(group, "rule", None), model.deltas
+    saved_min_area = getattr(group, "min_area", 0.0)
     # The step's own predictions are not "what the model knew": the references come from the model as
     # it was before the step, so negatives and reports describe the old classes only.
     del model.decoder.groups[-1]
@@ -135,6 +136,8 @@ def refine_last_step(
         group.load_state_dict(saved)
         if dense:
             group.rule = saved_rule
+        else:
+            group.min_area = saved_min_area
         model.set_deltas(saved_deltas)
         model.eval()
 
@@ -199,6 +202,11 @@ class _Prepared:
                             + [1 / 3 / len(self.extra)] * len(self.extra))
         if self.dense:
             self.rule = instance_rule(self.examples, self.is_thing, look_alikes, config)
+        # A prompt step's fragments: segments below the dense step's size rule (a share of the smallest
+        # painted instance) are dropped. Only the adaptive step sets it: several of its queries may start
+        # on one instance, and the leftovers of the losers are small.
+        self.min_area = (instance_rule(self.examples, self.is_thing, look_alikes, config).min_area
+                         if config.learner == "adaptive" else 0.0)
 
     def train_and_report(self, model, device, callback, cancel) -> LearnResult:
         config = self.config
@@ -242,6 +250,8 @@ class _Prepared:
         else:
             # Scored as painted: known background (and what the model held for sure on the other open
             # images) counts against the new classes, unknown pixels count for nothing.
+            if config.learner == "adaptive":
+                model.groups[-1].min_area = self.min_area  # before the delta is chosen: it merges as predicted
             background = model.num_classes + 1
             items = [labelled(e, class_ids, self.is_thing, background) for e in self.examples + self.extra]
             refs = self.reference + [self.context_refs[i] for i in self.extra_of]

@@ -131,6 +131,9 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
             adaptive = dict(meta["adaptive_queries"])
             queries, scorer_hidden = int(adaptive["queries"]), int(adaptive["scorer_hidden"])
             pixel_inputs, pixel_hidden = list(adaptive.get("pixel_inputs", [])), int(adaptive.get("pixel_hidden", 64))
+            min_area = float(adaptive.get("min_area", 0.0))  # absent in step files written before it
+            if not min_area >= 0.0:
+                raise ValueError(f"min_area is {min_area}, not a number of pixels")
         else:
             position_sets, owns_no_object = int(meta["position_sets"]), bool(meta["owns_no_object_head"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -163,6 +166,7 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
             channels = {k: model.dense_input_channels[k] for k in pixel_inputs}
             group = AdaptiveGroup(queries, model.config.hidden_dim, classes, model.decoder.num_layers, True,
                                   scorer_hidden=scorer_hidden, pixel_channels=channels, pixel_hidden=pixel_hidden)
+            group.min_area = min_area
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: the adaptive step's layout is invalid ({exc})") from exc
     else:

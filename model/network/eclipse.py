@@ -296,7 +296,7 @@ class EclipseModel(nn.Module):
             masks = self.resized_masks(raw, index, size)
         is_thing = torch.tensor([c.is_thing for c in self.classes])
         result = panoptic_merge(logits, masks, is_thing, object_threshold,
-                                self._overlap_thresholds(raw, overlap_threshold))
+                                self._overlap_thresholds(raw, overlap_threshold), self._min_areas(raw, size))
         dense_groups = [(t, g) for t, g in enumerate(self.groups) if g.num_queries == 0]
         # The query masks dense segments may snap to: the same for every dense step, so made once.
         query_masks = (masks > 0).cpu().numpy() if any(g.rule.snap_iou > 0 for _, g in dense_groups) else None
@@ -324,6 +324,18 @@ class EclipseModel(nn.Module):
         if len(raw.group_queries) != len(groups):  # made by another model: its queries are not these
             raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
         return torch.cat([torch.full((n,), max(overlap_threshold, o)) for n, o in zip(raw.group_queries, own)])
+
+    def _min_areas(self, raw: RawPrediction, size) -> float | torch.Tensor:
+        """Per query, the fewest pixels at `size` its segment needs (a group's `min_area` is in pixels at
+        the image's own size); 0.0 where no group sets one."""
+        groups = [g for g in self.groups if g.num_queries > 0]
+        own = [float(g.min_area) for g in groups]
+        if not any(own):
+            return 0.0
+        if len(raw.group_queries) != len(groups):
+            raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
+        scale = size[0] * size[1] / (raw.image_size[0] * raw.image_size[1])
+        return torch.cat([torch.full((n,), a * scale) for n, a in zip(raw.group_queries, own)])
 
     def _own_no_object(self, raw: RawPrediction, index: int) -> torch.Tensor | None:
         if not self.old_groups_keep_no_object:

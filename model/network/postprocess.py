@@ -118,12 +118,14 @@ def panoptic_merge(
     is_thing: torch.Tensor | Sequence[bool],
     object_threshold: float = 0.0,
     overlap_threshold: float | torch.Tensor = 0.0,
+    min_area: float | torch.Tensor = 0.0,
 ) -> PanopticResult:
     """Merge per-query predictions into one panoptic map (Mask2Former rules, sigmoid scores).
 
     class_logits: [Q, K+1] (last column no-object); mask_logits: [Q, H, W] already at output size;
     is_thing: length-K flags indexed by class id - 1. Thresholds default to ECLIPSE's ADE values (0, 0);
-    `overlap_threshold` may be given per query ([Q]).
+    `overlap_threshold` may be given per query ([Q]); so may `min_area`, the fewest pixels a segment of a
+    query needs (not Mask2Former's: a prompt step's fragments go).
     """
     num_classes = class_logits.shape[-1] - 1
     flags = _thing_flags(is_thing, num_classes)
@@ -138,6 +140,8 @@ def panoptic_merge(
     cur_masks = mask_logits.sigmoid()[keep]
     overlaps = (overlap_threshold[keep.cpu()].tolist() if isinstance(overlap_threshold, torch.Tensor)
                 else [overlap_threshold] * int(keep.sum()))
+    min_areas = (min_area[keep.cpu()].tolist() if isinstance(min_area, torch.Tensor)
+                 else [min_area] * int(keep.sum()))
     if cur_masks.shape[0] == 0:
         return PanopticResult(panoptic_seg, [], torch.zeros((h, w), device=mask_logits.device))
 
@@ -160,7 +164,7 @@ def panoptic_merge(
         if argmax_area == 0 or fg_area == 0 or mask_area == 0:
             continue
         # Official check compares the argmax area (not the final mask) with the mask's own foreground.
-        if argmax_area / fg_area < overlaps[k]:
+        if argmax_area / fg_area < overlaps[k] or mask_area < min_areas[k]:
             continue
         if not thing and label in stuff_memory:
             # Later stuff queries of a class join its first segment: same id, no new entry.

@@ -53,6 +53,7 @@ class QueryGroup(nn.Module):
 
     learner = "prompts"  # how a step of this kind is learned (`LearnConfig.learner`)
     merge_overlap = 0.0  # the panoptic merge's overlap threshold for its queries (at least this)
+    min_area = 0.0  # its queries' segments smaller than this (pixels at the image's size) are dropped
 
     @property
     def num_classes(self) -> int:
