@@ -317,25 +317,24 @@ class EclipseModel(nn.Module):
         """`overlap_threshold`, or per query where a group sets its own (an adaptive step's queries start
         several on one instance: a duplicate left with little of its own mask is dropped, as
         Mask2Former's panoptic inference drops it)."""
-        groups = [g for g in self.groups if g.num_queries > 0]
-        own = [g.merge_overlap for g in groups]
-        if not any(own):
-            return overlap_threshold
-        if len(raw.group_queries) != len(groups):  # made by another model: its queries are not these
-            raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
-        return torch.cat([torch.full((n,), max(overlap_threshold, o)) for n, o in zip(raw.group_queries, own)])
+        return self._per_query(raw, lambda g: max(overlap_threshold, g.merge_overlap), overlap_threshold)
 
     def _min_areas(self, raw: RawPrediction, size) -> float | torch.Tensor:
         """Per query, the fewest pixels at `size` its segment needs (a group's `min_area` is in pixels at
         the image's own size); 0.0 where no group sets one."""
-        groups = [g for g in self.groups if g.num_queries > 0]
-        own = [float(g.min_area) for g in groups]
-        if not any(own):
-            return 0.0
-        if len(raw.group_queries) != len(groups):
-            raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
         scale = size[0] * size[1] / (raw.image_size[0] * raw.image_size[1])
-        return torch.cat([torch.full((n,), a * scale) for n, a in zip(raw.group_queries, own)])
+        return self._per_query(raw, lambda g: float(g.min_area) * scale, 0.0)
+
+    def _per_query(self, raw: RawPrediction, value, default: float) -> float | torch.Tensor:
+        """`value(group)` repeated for each query of each query group of `raw` ([Q]), or `default` (one
+        value for every query) where no group's value differs from it."""
+        groups = [g for g in self.groups if g.num_queries > 0]
+        values = [value(g) for g in groups]
+        if all(v == default for v in values):
+            return default
+        if len(raw.group_queries) != len(groups):  # made by another model: its queries are not these
+            raise ValueError(f"the prediction holds {len(raw.group_queries)} query groups, the model {len(groups)}")
+        return torch.cat([torch.full((n,), v) for n, v in zip(raw.group_queries, values)])
 
     def _own_no_object(self, raw: RawPrediction, index: int) -> torch.Tensor | None:
         if not self.old_groups_keep_no_object:
