@@ -92,3 +92,81 @@ def test_the_choice_is_saved_with_the_step_undone_with_it_and_set_by_learn(tmp_p
     assert not model.old_groups_keep_no_object
     save_model(model, tmp_path / "published")
     assert not load_model(tmp_path / "published").old_groups_keep_no_object
+
+
+def test_a_step_laid_over_the_previous_prediction_changes_old_outputs_only_where_it_puts_a_segment():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), ["a", "b", "c"], [True, True, False], backbone_weights="random").eval()
+    image = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+    before, before_semantic = model.predict(image), model.predict_semantic(image).numpy()
+    with torch.no_grad():
+        model.add_step(["new"], [True], 4)
+        model.groups[-1].class_head.layers[-1].bias.fill_(4.0)  # its class head fires on every query, old ones too
+        model.groups[-1].no_object_head.layers[-1].bias.add_(3.0)
+        model.set_deltas([0.9, 0.5])
+    new_id = model.class_ids(1)[0]
+    old_pan, old_sem = before.panoptic_seg.numpy(), before.semantic.numpy()
+
+    published = model.predict(image)
+    new = published.semantic.numpy() == new_id
+    assert new.any() and ((published.semantic.numpy() != old_sem) & ~new).any(), \
+        "published: old segments go where the step puts none (the case tested)"
+
+    model.groups[-1].lays_over_previous = True
+    laid = model.predict(image)
+    new_laid = laid.semantic.numpy() == new_id
+    np.testing.assert_array_equal(new_laid, new)  # the step's own segments are those it gets merged with the old
+    np.testing.assert_array_equal(laid.panoptic_seg.numpy()[~new], old_pan[~new])  # elsewhere: as before
+    assert {s.id: s.category_id for s in laid.segments if s.category_id != new_id} == \
+        {s.id: s.category_id for s in before.segments if (old_pan[~new] == s.id).any()}
+    semantic = model.predict_semantic(image).numpy()
+    np.testing.assert_array_equal(semantic[semantic != new_id], before_semantic[semantic != new_id])
+
+    # With the dense step's claim rule, old pixels held surely by a class that is not a look-alike stay.
+    from model.network.dense_segments import InstanceRule
+    held = before.confidence.numpy()
+    ceiling = float(np.median(held[new & (held > 0)]))  # the step's pixels: half held more surely than this
+    assert (new & (held >= ceiling)).any() and (new & (held < ceiling)).any(), "the case tested"
+    model.groups[-1].rule = InstanceRule(foreign_ceiling=ceiling, override_margin=0.0)
+    claimed = model.predict(image)
+    new_claimed = claimed.semantic.numpy() == new_id
+    np.testing.assert_array_equal(new_claimed, new & (held < ceiling))
+    np.testing.assert_array_equal(claimed.panoptic_seg.numpy()[~new_claimed], old_pan[~new_claimed])
+    model.groups[-1].rule = InstanceRule(foreign_ceiling=ceiling, look_alikes=(3,), override_margin=0.0)
+    assert (model.predict(image).semantic.numpy() == new_id).sum() > new_claimed.sum(), "look-alikes may be taken"
+
+
+def test_learn_lays_a_prompt_step_over_the_previous_prediction_and_the_step_file_keeps_it(tmp_path):
+    from model import Example, LearnConfig, learn_class
+    from model.io.model_files import load_model, load_step, save_model, save_step
+    from model.io.tensor_files import CheckpointError, load_tensor_file, save_tensor_file
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    image = np.random.default_rng(0).integers(0, 80, size=(48, 48, 3), dtype=np.uint8)
+    painted = np.zeros((48, 48), np.int32)
+    painted[5:20, 6:22] = 1
+    image[painted > 0] = (250, 200, 40)
+    config = LearnConfig.prompts(iterations=2, batch_size=2, num_points=64, augment_variants=1)
+    assert learn_class(model, "sun", True, [Example(image, painted)], config).state == "done"
+    assert model.groups[-1].lays_over_previous
+    rule = model.groups[-1].rule
+    assert rule is not None and rule.foreign_ceiling == config.foreign_ceiling, "it takes pixels by the claim rule"
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").groups[-1]
+    assert loaded.lays_over_previous and loaded.rule == rule
+    model.remove_last_step()
+    learn_class(model, "sun", True, [Example(image, painted)], replace(config, lay_over_previous=False))
+    save_model(model, tmp_path / "published")
+    assert not load_model(tmp_path / "published").groups[-1].lays_over_previous
+    # A damaged flag is refused, naming it; a file written before the flag reads as published.
+    save_step(model, 1, tmp_path / "step.safetensors")
+    model.remove_last_step()
+    tensors, meta = load_tensor_file(tmp_path / "step.safetensors", kind="eclipse-step")
+    save_tensor_file(tmp_path / "bad.safetensors", tensors, "eclipse-step", meta | {"lays_over_previous": "yes"})
+    with pytest.raises(CheckpointError, match="lays_over_previous"):
+        load_step(model, tmp_path / "bad.safetensors")
+    assert model.num_steps == 0
+    older = {k: v for k, v in meta.items() if k != "lays_over_previous"}
+    save_tensor_file(tmp_path / "older.safetensors", tensors, "eclipse-step", older)
+    assert not load_step(model, tmp_path / "older.safetensors").lays_over_previous

@@ -75,6 +75,7 @@ def learn_classes(
         model.add_step(names, is_thing, config.num_prompts, colors)
     if not dense:  # removing the step (undo, cancel, failure) restores the model's choice
         model.old_groups_keep_no_object = config.old_groups_keep_no_object
+        model.groups[-1].lays_over_previous = config.lay_over_previous
     try:  # from here on, any failure removes the step again
         result = prepared.train_and_report(model, device, callback, cancel)
     except BaseException:
@@ -134,9 +135,8 @@ def refine_last_step(
 
     def put_back():
         group.load_state_dict(saved)
-        if dense:
-            group.rule = saved_rule
-        else:
+        group.rule = saved_rule
+        if not dense:
             group.min_area = saved_min_area
         model.set_deltas(saved_deltas)
         model.eval()
@@ -200,13 +200,13 @@ class _Prepared:
         if self.extra:  # the painted examples make two thirds of what is drawn
             self.weights = ([2 / 3 / len(self.examples)] * len(self.examples)
                             + [1 / 3 / len(self.extra)] * len(self.extra))
-        if self.dense:
-            self.rule = instance_rule(self.examples, self.is_thing, look_alikes, config)
+        # A dense step's post-processing; a prompt step laid over the previous prediction takes pixels by
+        # its claim rule.
+        self.rule = instance_rule(self.examples, self.is_thing, look_alikes, config)
         # A prompt step's fragments: segments below the dense step's size rule (a share of the smallest
         # painted instance) are dropped. Only the adaptive step sets it: several of its queries may start
         # on one instance, and the leftovers of the losers are small.
-        self.min_area = (instance_rule(self.examples, self.is_thing, look_alikes, config).min_area
-                         if config.learner == "adaptive" else 0.0)
+        self.min_area = self.rule.min_area if config.learner == "adaptive" else 0.0
 
     def train_and_report(self, model, device, callback, cancel) -> LearnResult:
         config = self.config
@@ -250,8 +250,11 @@ class _Prepared:
         else:
             # Scored as painted: known background (and what the model held for sure on the other open
             # images) counts against the new classes, unknown pixels count for nothing.
+            # Before the delta is chosen: it merges as predicted.
             if config.learner == "adaptive":
-                model.groups[-1].min_area = self.min_area  # before the delta is chosen: it merges as predicted
+                model.groups[-1].min_area = self.min_area
+            if model.groups[-1].lays_over_previous:
+                model.groups[-1].rule = self.rule
             background = model.num_classes + 1
             items = [labelled(e, class_ids, self.is_thing, background) for e in self.examples + self.extra]
             refs = self.reference + [self.context_refs[i] for i in self.extra_of]

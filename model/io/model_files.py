@@ -98,6 +98,10 @@ def save_step(model: EclipseModel, step: int, path: str | os.PathLike) -> None:
         layout = {"adaptive_queries": group.layout()}
     else:
         layout = {"position_sets": group.positions.shape[0], "owns_no_object_head": group.no_object_head is not None}
+    if group.num_queries:
+        layout["lays_over_previous"] = bool(group.lays_over_previous)
+        if group.rule is not None:
+            layout["claim_rule"] = group.rule.to_json()
     metadata = {
         "step": step,
         "classes": [c.to_json() for c in group.classes],
@@ -123,6 +127,10 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
         keep_no_object = meta.get("old_groups_keep_no_object", False)
         if not isinstance(keep_no_object, bool):
             raise ValueError(f"old_groups_keep_no_object is {keep_no_object!r}, not true or false")
+        over = meta.get("lays_over_previous", False)  # absent in step files written before it: as published
+        if not isinstance(over, bool):
+            raise ValueError(f"lays_over_previous is {over!r}, not true or false")
+        claim_rule = InstanceRule.from_json(meta["claim_rule"]) if "claim_rule" in meta else None
         classes = [ClassSpec.from_json(c) for c in meta["classes"]]
         base_fp, parent_fp = meta["base_fingerprint"], meta["parent_fingerprint"]
         if "dense_head" in meta:  # a dense step (no queries)
@@ -175,6 +183,8 @@ def load_step(model: EclipseModel, path: str | os.PathLike) -> QueryGroup | Dens
             raise CheckpointError(f"{path}: the step file has no valid 'content' tensor")
         group = QueryGroup(content.shape[0], model.config.hidden_dim, classes, position_sets, owns_no_object)
     load_exact(group, tensors, path, "step")
+    if group.num_queries:
+        group.lays_over_previous, group.rule = over, claim_rule
     stage = getattr(getattr(group, "head", None), "pixel_stage", None)
     if stage is not None:
         try:

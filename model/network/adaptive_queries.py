@@ -87,6 +87,8 @@ class AdaptiveGroup(nn.Module):
     # Tuning split: coins 3 of 4 false positives below half the smallest painted coin, no true one;
     # crowded 19 of 134 false positives, no true one. 0: none dropped (step files written before it).
     min_area = 0.0
+    lays_over_previous = False  # as a prompt group's (`QueryGroup.lays_over_previous`)
+    rule = None  # as a prompt group's (`QueryGroup.rule`)
 
     def __init__(self, num_queries: int, dim: int, classes: list[ClassSpec], num_layers: int,
                  owns_no_object_head: bool, delta: float = 0.0, scorer_hidden: int = 64,

@@ -54,6 +54,13 @@ class QueryGroup(nn.Module):
     learner = "prompts"  # how a step of this kind is learned (`LearnConfig.learner`)
     merge_overlap = 0.0  # the panoptic merge's overlap threshold for its queries (at least this)
     min_area = 0.0  # its queries' segments smaller than this (pixels at the image's size) are dropped
+    # False (as published): merged with the old queries, logit manipulation deciding every pixel. True: its
+    # segments (so merged) are laid over the prediction before it, which stays as it was elsewhere
+    # (`EclipseModel.merge`); set by Learn (`LearnConfig.lay_over_previous`).
+    lays_over_previous = False
+    # Laid over: which pixels of the previous prediction its segments may take (`InstanceRule.claim`, the
+    # dense step's rule; its other fields are unused). None: every pixel its segments hold.
+    rule: InstanceRule | None = None
 
     @property
     def num_classes(self) -> int:
