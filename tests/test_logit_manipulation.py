@@ -69,16 +69,22 @@ def test_model_merges_with_old_groups_keeping_what_the_base_rejected():
     assert len(with_own.segments) <= len(model.merge(after, 0).segments)
 
 
-def test_the_choice_is_saved_with_the_step_undone_with_it_and_set_by_learn(tmp_path):
-    from model import Example, LearnConfig, learn_class
-    from model.io.model_files import load_model, save_model
-
+def _a_model_and_a_painted_sun():
+    """A tiny model (road, car) and an image with one painted "sun" instance."""
     torch.manual_seed(0)
     model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
     image = np.random.default_rng(0).integers(0, 80, size=(48, 48, 3), dtype=np.uint8)
     painted = np.zeros((48, 48), np.int32)
     painted[5:20, 6:22] = 1
     image[painted > 0] = (250, 200, 40)
+    return model, image, painted
+
+
+def test_the_choice_is_saved_with_the_step_undone_with_it_and_set_by_learn(tmp_path):
+    from model import Example, LearnConfig, learn_class
+    from model.io.model_files import load_model, save_model
+
+    model, image, painted = _a_model_and_a_painted_sun()
     config = LearnConfig.prompts(iterations=2, batch_size=2, num_points=64, augment_variants=1,
                                  old_groups_keep_no_object=True)
     result = learn_class(model, "sun", True, [Example(image, painted)], config)
@@ -141,12 +147,7 @@ def test_learn_lays_a_prompt_step_over_the_previous_prediction_and_the_step_file
     from model.io.model_files import load_model, load_step, save_model, save_step
     from model.io.tensor_files import CheckpointError, load_tensor_file, save_tensor_file
 
-    torch.manual_seed(0)
-    model = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
-    image = np.random.default_rng(0).integers(0, 80, size=(48, 48, 3), dtype=np.uint8)
-    painted = np.zeros((48, 48), np.int32)
-    painted[5:20, 6:22] = 1
-    image[painted > 0] = (250, 200, 40)
+    model, image, painted = _a_model_and_a_painted_sun()
     config = LearnConfig.prompts(iterations=2, batch_size=2, num_points=64, augment_variants=1)
     assert learn_class(model, "sun", True, [Example(image, painted)], config).state == "done"
     assert model.groups[-1].lays_over_previous
