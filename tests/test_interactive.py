@@ -373,7 +373,7 @@ def test_the_report_keeps_other_open_images_apart(model):
 def test_learn_reports_what_predicting_afresh_gives(model, learner):
     """Learn keeps each image's frozen features and only decodes them again after the step: its report
     must be what predicting the images afresh gives, for both kinds of step."""
-    from model.interactive.learn import FrozenImages
+    from model.interactive.frozen import FrozenImages
 
     examples = _examples()
     context = [_blobs(2)[0][:48, :48]]
@@ -402,7 +402,8 @@ def test_the_reports_say_so_when_a_step_takes_old_class_pixels(model):
     on the painted images (outside the painting) and on the other images, not hide it."""
     from types import SimpleNamespace
 
-    from model.interactive.learn import FrozenImages, other_images_report, painted_images_report
+    from model.interactive.frozen import FrozenImages
+    from model.interactive.learn import other_images_report, painted_images_report
 
     examples = _examples()
     context = [_blobs(2)[0], np.full((64, 64, 3), 30, np.uint8)]

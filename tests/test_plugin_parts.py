@@ -216,3 +216,51 @@ def test_the_refresh_after_learn_takes_learns_own_results_of_the_images_it_read(
     session.undo()  # the steps changed since that Learn: its results are not taken
     session.predict([image])
     assert len(computed) == 4
+
+
+@pytest.mark.exact
+def test_learn_takes_the_frozen_features_of_the_images_just_predicted(tmp_path):
+    """The session keeps the frozen features of whole images it predicted (steps never change them):
+    Learn takes them instead of encoding those images again, and learns exactly the step it learns
+    without them; predictions through the kept features are those of `predict_image`. Exact on any
+    kernels: both paths run the same operations on the same shapes."""
+    import copy
+
+    import torch
+
+    from eclipse_napari.plugin.session import Session
+    from model.interactive.config import Example, LearnConfig, NewClass
+    from model.interactive.learn import learn_classes
+    from model.network.build import build_model
+    from model.network.config import tiny_config
+
+    torch.manual_seed(0)
+    base = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
+    alone = copy.deepcopy(base)
+    session = Session(base)
+    rng = np.random.default_rng(1)
+    image, context = (rng.integers(0, 80, (64, 64, 3)).astype(np.uint8) for _ in range(2))
+    instances = np.zeros((64, 64), np.int32)
+    instances[8:24, 8:24], instances[36:52, 30:50] = 1, 2
+    image[instances > 0] = (250, 200, 40)
+    predicted = session.predict([image, context])
+    for plane, p in zip([image, context], predicted):
+        direct = alone.predict_image(plane)
+        assert np.array_equal(p.panoptic, direct.panoptic_seg.numpy()) and list(p.segments) == list(direct.segments)
+    assert len(session.features) == 2
+
+    encoded, real = [], base.encode_images
+    base.encode_images = lambda *a, **k: (encoded.append(1), real(*a, **k))[1]
+    classes = [NewClass("blob", True, [Example(image, instances, complete=True)])]
+    config = LearnConfig(iterations=4, augment_variants=1, dense_forest_trees=8)
+    session.learn_classes(classes, config, context=[context])
+    assert encoded == []  # both images' features were kept from the prediction
+    learn_classes(alone, classes, config, context=[context])
+    mine, theirs = session.model.groups[-1].state_dict(), alone.groups[-1].state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    after = session.predict([image])[0]
+    assert np.array_equal(after.panoptic, alone.predict_image(image).panoptic_seg.numpy())
+
+    session.save_model(tmp_path / "model")
+    session.replace_model(tmp_path / "model")
+    assert len(session.features) == 0  # another model's frozen part is not kept

@@ -18,6 +18,7 @@ import torch
 
 from model.interactive.config import Example, LearnConfig, LearnResult, NewClass
 from model.interactive.examples import image_digest
+from model.interactive.frozen import FeatureStore
 from model.interactive.learn import learn_classes, refine_last_step
 from model.io.model_files import load_model, load_step, save_model, save_step
 from model.network.eclipse import EclipseModel
@@ -71,6 +72,9 @@ class Session:
         # they belong to: the refresh after Learn takes them instead of predicting those images again.
         self._fresh: dict = {}
         self._fresh_state: tuple = ()
+        # The frozen features of whole images predicted or learned from: steps never change them, so
+        # Learn takes those of the images just predicted instead of encoding them again.
+        self.features = FeatureStore()
 
     @classmethod
     def open(cls, model_folder: str | Path | None = None, device: str | None = None) -> "Session":
@@ -116,7 +120,8 @@ class Session:
                         if report is not None:
                             report(1, 1)
                     else:
-                        result = self.model.predict_image(plane, tiles, report, cancel)
+                        result = self.model.predict_image(plane, tiles, report, cancel,
+                                                          encode=lambda p: self.features.encode(self.model, p))
                     if result is None:  # cancelled
                         break
                     panoptic = result.panoptic_seg.cpu().numpy().astype(np.int32)
@@ -163,7 +168,7 @@ class Session:
             start = time.perf_counter()
             self._fresh = {}
             result = how(self.model, classes, config or LearnConfig(), context=list(context), device=self.device,
-                         callback=callback, cancel=cancel)
+                         callback=callback, cancel=cancel, features=self.features)
             self.model.eval()
             if result.state == RunState.DONE:
                 self._fresh, self._fresh_state = result.predictions, self._model_state()
@@ -213,6 +218,7 @@ class Session:
         with self._exclusive("load a model"):
             model = load_model(folder, self.device).eval()
             self.model, self.source, self._fresh = model, str(folder), {}
+            self.features.clear()  # another model's frozen part
 
     def _save(self, folder: Path) -> None:
         save_model(self.model, folder)

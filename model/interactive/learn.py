@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ..evaluation.deltas import select_deltas
-from ..network.eclipse import EclipseModel, RawPrediction, to_chw_tensor
-from ..network.postprocess import PanopticResult
+from ..network.eclipse import EclipseModel, RawPrediction
 from ..training.criterion import LossConfig
 from ..training.dense import dense_targets
 from ..training.engine import TrainConfig, train
@@ -30,6 +29,7 @@ from ..training.progress import Progress, RunState
 from .config import Example, LearnConfig, LearnResult, NewClass, OtherImages, PaintedImages
 from .crops import centre_crop, crop_to_painting
 from .examples import ExampleSet, check_examples, image_digest, known_background, labelled, merge_classes
+from .frozen import FeatureStore, FrozenImages
 from .negatives import choose_thresholds, find_look_alikes, instance_rule, old_class_negatives
 
 
@@ -48,11 +48,14 @@ def learn_classes(
     device="cpu",
     callback: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    features: FeatureStore | None = None,
 ) -> LearnResult:
     """Teaches the model new classes in one step. `context`: other images (unpainted; they may show the
     classes too): Learn takes what the model already holds confidently there as negatives, so
     the new classes do not spill onto what the model knew; the result reports what the step changed
-    there (`LearnResult.others`) apart from the painted images."""
+    there (`LearnResult.others`) apart from the painted images. `features`: where the frozen features of
+    whole images are kept across calls (a session's, filled by its predictions): taken from there, and
+    left there, instead of made anew (the same tensors either way)."""
     classes = _checked(model, classes)
     names, is_thing = [c.name.strip() for c in classes], [c.is_thing for c in classes]
     known = {c.name for c in model.classes}
@@ -60,7 +63,7 @@ def learn_classes(
     if taken:
         raise ValueError(f"a class named {taken[0]!r} already exists")
     colors = [c.color for c in classes]  # None: the model picks a colour unlike its classes
-    prepared = _Prepared(model, classes, config, context)
+    prepared = _Prepared(model, classes, config, context, features)
     dense = config.learner == "dense"
     if dense:
         with torch.random.fork_rng():  # the new head's initial weights depend on the seed only
@@ -95,6 +98,7 @@ def refine_last_step(
     device="cpu",
     callback: Callable[[Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    features: FeatureStore | None = None,
 ) -> LearnResult:
     """Retrains the newest step on its classes' (more, or corrected) painting, from its current weights.
     `classes` are the step's classes in order, with all their examples. The step's kind (dense or
@@ -125,7 +129,7 @@ def refine_last_step(
     if group.previous_deltas is not None:
         model.set_deltas(group.previous_deltas)
     try:
-        prepared = _Prepared(model, classes, config, context)
+        prepared = _Prepared(model, classes, config, context, features)
     finally:
         model.decoder.groups.append(group)
         model.set_deltas(saved_deltas)
@@ -171,7 +175,8 @@ class _Prepared:
     (merged per image, cropped when large), the model's predictions before the step, negatives, the
     post-processing rule."""
 
-    def __init__(self, model, classes: list[NewClass], config: LearnConfig, context: Sequence):
+    def __init__(self, model, classes: list[NewClass], config: LearnConfig, context: Sequence,
+                 features: FeatureStore | None = None):
         self.config = config
         self.is_thing = [c.is_thing for c in classes]
         self.examples = crop_to_painting(merge_classes(classes), config.max_side)
@@ -180,7 +185,8 @@ class _Prepared:
         # after training the delta choice and the reports only run the decoder and heads on them again.
         self.dense = config.learner == "dense"
         self.frozen = FrozenImages(model, [e.image for e in self.examples] + self.context,
-                                   dense=config.learner in ("dense", "adaptive") or model.needs_dense_inputs)
+                                   dense=config.learner in ("dense", "adaptive") or model.needs_dense_inputs,
+                                   store=features)
         self.reference = [self.frozen.predict(model, k) for k in range(len(self.examples))]
         self.context_refs = [self.frozen.predict(model, len(self.examples) + k)  # for negatives and the report
                              for k in range(len(self.context))]
@@ -304,42 +310,6 @@ def _spread(items: Sequence, count: int) -> list:
     if len(items) <= count:
         return items
     return [items[round(k * (len(items) - 1) / max(count - 1, 1))] for k in range(count)] if count else []
-
-
-class FrozenImages:
-    """Images whose frozen features (backbone and pixel decoder) are made once and kept, up to a budget
-    (beyond it they are made again when asked for): Learn predicts every image before the step and again
-    after it, and the frozen part is most of a prediction's cost. `dense`: keep what dense heads read
-    too (needed when the model has, or is about to get, a dense step)."""
-
-    def __init__(self, model: EclipseModel, images: Sequence, budget_bytes: int = 1 << 30, dense: bool | None = None):
-        self.images, self.encoded, kept = list(images), [], 0
-        self.dense = model.needs_dense_inputs if dense is None else dense
-        for image in self.images:
-            encoded = self._encode(model, image)
-            kept += encoded.nbytes
-            self.encoded.append(encoded if kept <= budget_bytes else None)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @torch.no_grad()
-    def _encode(self, model, image):
-        return model.encode_images(to_chw_tensor(image)[None], dense=self.dense)
-
-    def encode(self, model: EclipseModel, index: int):
-        """The frozen features of image `index` (kept, or made again)."""
-        return self.encoded[index] or self._encode(model, self.images[index])
-
-    @torch.no_grad()
-    def infer(self, model: EclipseModel, index: int) -> RawPrediction:
-        """The model's raw prediction of image `index`, as `model.infer` gives it."""
-        encoded = self.encode(model, index)
-        return model.infer_encoded(encoded)
-
-    @torch.no_grad()
-    def predict(self, model: EclipseModel, index: int) -> PanopticResult:
-        return model.merge(self.infer(model, index))
 
 
 def other_images_report(after_step, before, class_ids) -> OtherImages:

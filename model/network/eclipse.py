@@ -1,5 +1,7 @@
 """The ECLIPSE model: frozen Mask2Former base plus one prompt group per continual step."""
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -309,10 +311,12 @@ class EclipseModel(Merging, nn.Module):
 
     @torch.no_grad()
     def predict_image(self, image, tiles: TileConfig | None = TileConfig(), progress=None, cancel=None,
-                      object_threshold: float = 0.0, overlap_threshold: float = 0.0) -> PanopticResult | None:
+                      object_threshold: float = 0.0, overlap_threshold: float = 0.0,
+                      encode: Callable[[object], Encoded] | None = None) -> PanopticResult | None:
         """`predict` at the image's own size, tile by tile where the image is large (see `tiled`), so
         memory stays bounded; `progress(done, total)` after each tile (or the one pass); None when
-        `cancel()` turned true before a tile."""
+        `cancel()` turned true before a tile. `encode`: where an image predicted whole gets its frozen
+        features (`encode_images` of it, e.g. kept from before; tiles are always encoded)."""
         def one(x):
             return self.predict(x, object_threshold=object_threshold, overlap_threshold=overlap_threshold)
 
@@ -321,7 +325,10 @@ class EclipseModel(Merging, nn.Module):
             return predict_tiled(one, image, tiles, progress, cancel)
         if cancel is not None and cancel():
             return None
-        result = one(image)
+        if encode is None:
+            result = one(image)
+        else:
+            result = self.merge(self.infer_encoded(encode(image)), 0, None, None, object_threshold, overlap_threshold)
         if progress is not None:
             progress(1, 1)
         return result

@@ -35,10 +35,13 @@ class Encoded:
     image_size: tuple[int, int]
     dense: DenseInputs | None = None  # what dense heads read (kept only where the model has dense steps)
 
-    @property
-    def nbytes(self) -> int:
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor held once (the dense inputs' decoder maps are the tensors above)."""
         tensors = [self.mask_features, *self.memories]
         if self.dense is not None:
-            # the decoder's own maps are the tensors above; the backbone's levels and the image are extra
             tensors += [self.dense.image] + [self.dense.levels[k] for k in BACKBONE_INPUTS if k in self.dense.levels]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return tensors
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
