@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.network.dense_segments import InstanceRule, dense_segments, snap_to_queries
+from model.network.dense_segments import InstanceRule, dense_maps, dense_segments, snap_to_queries
 
 # Bit-identical results: scripts/run_tests.sh runs these again under other BLAS kernels.
 pytestmark = pytest.mark.exact
@@ -167,3 +167,32 @@ def test_weak_things_found_per_class():
     assert sorted(s.class_index for s in segments) == [0, 1]
     np.testing.assert_array_equal(next(s for s in segments if s.class_index == 0).mask, (a > 0.25) & (a >= b))
     np.testing.assert_array_equal(next(s for s in segments if s.class_index == 1).mask, (b > 0.45) & (b > a))
+
+
+def test_the_painting_can_choose_not_to_split_its_instances():
+    """A painted instance whose distance map has two peaks (two discs joined by a bridge) is cut in two
+    by every core threshold that seeds the discs apart; the painting, one instance, chooses a core of 0
+    (each connected region one instance), which then predicts it whole."""
+    from types import SimpleNamespace
+
+    from model.interactive import negatives
+    from model.interactive.config import Example
+
+    yy, xx = np.mgrid[:64, :64]
+    left, right = np.hypot(yy - 32, xx - 18), np.hypot(yy - 32, xx - 46)
+    bridge = (abs(yy - 32) <= 3) & (xx > 18) & (xx < 46)
+    painted = (left <= 10) | (right <= 10) | bridge
+    distance = np.clip(np.maximum(1 - left / 10, 1 - right / 10), 0.05, 0.95)
+    fg = np.where(painted, 8.0, -8.0)
+    logits = torch.from_numpy(np.stack([fg, np.log(distance / (1 - distance))]).astype(np.float32))[None]
+    raw = SimpleNamespace(dense_logits=[logits], dense_strides=[1], padded_size=(64, 64), image_size=(64, 64))
+    reference = SimpleNamespace(confidence=torch.zeros(64, 64), semantic=torch.zeros(64, 64, dtype=torch.long))
+    example = Example(np.zeros((64, 64), np.uint8), painted.astype(np.int32), complete=True)
+    group = SimpleNamespace(rule=InstanceRule())
+    split = dense_segments(*dense_maps(logits[0], 1, (64, 64), (64, 64), (64, 64)), [True], group.rule)
+    assert len(split) == 2  # the default core (0.5) cuts it at the bridge
+    foreground, core = negatives.choose_thresholds(SimpleNamespace(groups=[group]), [raw], [reference], [example],
+                                                   [True])
+    assert core == 0.0 and group.rule.core == 0.0
+    whole = dense_segments(*dense_maps(logits[0], 1, (64, 64), (64, 64), (64, 64)), [True], group.rule)
+    assert len(whole) == 1 and (whole[0].mask == painted).all()

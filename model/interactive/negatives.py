@@ -80,9 +80,11 @@ def old_class_negatives(examples: Sequence[Example], references: list, context: 
 
 # Thresholds a dense step may take: the foreground probability above which a pixel is its class, and the
 # normalised distance above which a pixel seeds an instance. The ones that best reproduce the painting on
-# the painted images are kept.
+# the painted images are kept. A core of 0 splits nothing (each connected region is one instance): where
+# the painted instances never touch, the painting can say the distance map only cuts them in two
+# (tuning split, 3 seeds: ihc nuclei 62.3 -> 65.1, every other case the same).
 FOREGROUND_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
-CORE_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
+CORE_CANDIDATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def choose_thresholds(model, raws: list, references: list, examples: Sequence[Example], is_thing: Sequence[bool]

@@ -17,7 +17,7 @@ class InstanceRule:
     written before they existed."""
 
     foreground: float = 0.5  # probability above which a pixel belongs to the class
-    core: float = 0.5  # normalised distance above which a pixel is an instance core (a seed)
+    core: float = 0.5  # normalised distance above which a pixel is an instance core (a seed); 0: no split
     min_area: float = 16.0  # segments smaller than this many pixels are dropped (instances and stuff)
     # A pixel the earlier steps hold goes to this step only where its probability beats theirs (the
     # owning query's score x mask) by this much: new knowledge overrides old only where surer.
