@@ -100,6 +100,7 @@ def test_the_choice_is_saved_with_the_step_undone_with_it_and_set_by_learn(tmp_p
     assert not load_model(tmp_path / "published").old_groups_keep_no_object
 
 
+@pytest.mark.exact  # old outputs bit-identical through two merge paths: rerun under other kernels
 def test_a_step_laid_over_the_previous_prediction_changes_old_outputs_only_where_it_puts_a_segment():
     torch.manual_seed(0)
     model = build_model(tiny_config(), ["a", "b", "c"], [True, True, False], backbone_weights="random").eval()
