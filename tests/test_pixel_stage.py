@@ -191,9 +191,9 @@ def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_
     labels[:, :40] = -1  # unknown: what was not painted
     counts = {v: int((labels == v).sum()) for v in (0, 1, 2)}
     entries = _entries(model, image, labels)
-    _, taken, _ = pixel_table(head, entries, PixelFitConfig(positives=100, negatives=300))
+    _, taken, _, _ = pixel_table(head, entries, PixelFitConfig(positives=100, negatives=300))
     assert {v: int((taken == v).sum()) for v in (-1, 0, 1, 2)} == {-1: 0, 0: 300, 1: 100, 2: 100}
-    _, taken, _ = pixel_table(head, entries, PixelFitConfig(positives=10**6, negatives=10**6))
+    _, taken, _, _ = pixel_table(head, entries, PixelFitConfig(positives=10**6, negatives=10**6))
     assert {v: int((taken == v).sum()) for v in (-1, 0, 1, 2)} == {-1: 0, **counts}
 
     # Learn passes its settings on.
@@ -201,9 +201,65 @@ def test_the_forest_is_fitted_on_at_most_the_configured_pixels_of_each_kind_and_
     torch.manual_seed(0)
     base = build_model(tiny_config(), ["road", "car"], [False, True]).eval()
     cells = ndimage.label(labels == 1)[0].astype(np.int32)
-    config = LearnConfig(iterations=2, dense_forest_trees=4, dense_forest_positives=50, dense_forest_negatives=70)
+    config = LearnConfig(iterations=2, dense_forest_trees=4, dense_forest_positives=50, dense_forest_negatives=70,
+                         dense_forest_boundary=0.25)
     learn_module.learn_classes(base, [NewClass("cell", True, [Example(image, cells, complete=True)])], config)
-    assert [(c.positives, c.negatives, c.trees) for c in seen] == [(50, 70, 4)]
+    assert [(c.positives, c.negatives, c.trees, c.boundary_share) for c in seen] == [(50, 70, 4, 0.25)]
+    with pytest.raises(ValueError, match="share of the sample"):
+        LearnConfig(dense_forest_boundary=1.5)
+
+
+def test_a_boundary_share_draws_that_share_of_each_sample_near_another_known_label():
+    from model.training.pixel_stage import sample_known
+
+    labels = np.zeros((120, 120), np.int64)
+    yy, xx = np.mgrid[:120, :120]
+    labels[(yy - 60) ** 2 + (xx - 60) ** 2 < 30 ** 2] = 1  # a disc of 2,821 pixels on background
+    labels[:, 100:] = -1  # unknown: its edge with the background is no boundary
+    near = ndimage.binary_dilation(labels == 1, np.ones((7, 7), bool)) & (labels == 0)
+    near |= ndimage.binary_dilation(labels == 0, np.ones((7, 7), bool)) & (labels == 1)
+    for share in (0.0, 0.5, 0.8):
+        config = PixelFitConfig(positives=400, negatives=600, boundary_share=share)
+        (background, bg_uniform), (disc, disc_uniform) = sample_known(labels, config, np.random.default_rng(0))
+        assert (len(background), len(disc)) == (600, 400)
+        assert len(np.unique(disc)) == 400 and (labels.reshape(-1)[disc] == 1).all()
+        assert (labels.reshape(-1)[background] == 0).all()
+        for taken, uniform, total, limit in ((disc, disc_uniform, labels == 1, 400),
+                                            (background, bg_uniform, labels == 0, 600)):
+            at_edge = near.reshape(-1)[taken].mean()
+            by_area = (near & total).sum() / total.sum()  # what a uniform draw gives
+            # the share drawn at the edge, marked as not uniform; the uniform rest lands there by its area
+            assert uniform.sum() == limit - round(share * limit)
+            assert near.reshape(-1)[taken[~uniform]].all()
+            assert at_edge >= share
+            assert abs(near.reshape(-1)[taken[uniform]].mean() - by_area) < 0.1
+            if share > 0:
+                assert at_edge > by_area + 0.2
+    # Without a boundary share the sample is drawn as before it existed.
+    old = PixelFitConfig(positives=400, negatives=600)
+    rng = np.random.default_rng(0)
+    assert all(np.array_equal(a, np.sort(rng.choice(np.flatnonzero(labels.reshape(-1) == v), n, replace=False)))
+               and u.all() for (a, u), v, n in zip(sample_known(labels, old, np.random.default_rng(0)), (0, 1), (600, 400)))
+
+
+def test_the_forests_share_is_judged_on_the_uniformly_drawn_pixels_only(monkeypatch):
+    """Pixels drawn for lying near a boundary, where a stride-4 head is weakest, would tilt the share
+    towards the forest: the share is chosen on the uniform draw, which stands for the painting."""
+    from model.training import pixel_stage
+    from model.training.pixel_stage import pixel_table
+
+    model = _model()
+    head = model.groups[-1].head
+    image, labels = _painting()
+    entries = _entries(model, image, labels)
+    config = PixelFitConfig(trees=8, positives=300, negatives=500, boundary_share=0.6)
+    _, taken, _, uniform = pixel_table(head, entries, config)
+    assert 0 < (~uniform).sum() < len(uniform)
+    judged = []
+    real = pixel_stage.blend_weights
+    monkeypatch.setattr(pixel_stage, "blend_weights", lambda f, h, y: judged.append(y.copy()) or real(f, h, y))
+    fit_pixel_stage(head, entries, config)
+    assert len(judged) == 1 and np.array_equal(np.sort(judged[0]), np.sort(taken[uniform]))
 
 
 def test_learn_sets_a_stuff_class_share_and_leaves_a_things_to_be_chosen(monkeypatch):

@@ -238,6 +238,7 @@ class _Prepared:
                                          PixelFitConfig(trees=config.dense_forest_trees, seed=config.seed,
                                                         positives=config.dense_forest_positives,
                                                         negatives=config.dense_forest_negatives,
+                                                        boundary_share=config.dense_forest_boundary,
                                                         fixed_shares=self._fixed_shares()),
                                          threads=torch.get_num_threads(), honest=len(self.examples))
                 result.seconds += time.perf_counter() - start

@@ -5,8 +5,11 @@ of known pixels: each pixel's filter responses and the head's logits there, and 
 background, k: the step's k-th class). A sample of it, at most `positives` pixels of each class and
 `negatives` of the background per image, fits a scikit-learn random forest with balanced class
 weights (as the peers in benchmarks/peers.py and the head's own loss balance them), which the stage
-then keeps as tensors. The images are the ones painted, not augmented: the forest
-reads colours and fine texture, which the head's colour and scale jitter would blur.
+then keeps as tensors. Learn draws half of each sample within a few pixels of another known label (a
+uniform sample holds few such pixels, and there a forest's boundaries are decided), the other half
+uniformly; the forest's share of the blend is judged on the uniform half only. The images are the
+ones painted, not augmented: the forest reads colours and fine texture, which the head's colour and
+scale jitter would blur.
 """
 
 from collections.abc import Sequence
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..network.forest import import_scikit_learn
 from .dense import UNKNOWN
@@ -26,6 +30,15 @@ class PixelFitConfig:
     min_samples_leaf: int = 1
     positives: int = 1000  # at most this many pixels of each class per image
     negatives: int = 2000  # and this many of its known background (Learn sets both: LearnConfig)
+    # Of each label's sample, at most this share is drawn from its pixels within `boundary_width` pixels
+    # of another known label (the rest from all its pixels): where a forest's errors are.
+    boundary_share: float = 0.0
+    boundary_width: int = 3
+
+    def __post_init__(self):
+        if not 0.0 <= self.boundary_share <= 1.0 or self.boundary_width < 1:
+            raise ValueError(f"boundary_share must lie in [0, 1] and boundary_width be at least 1, got "
+                             f"{self.boundary_share}, {self.boundary_width}")
     seed: int = 0
     # Per class of the step, the forest's share set in advance instead of chosen on the painting (None,
     # or no entry: chosen). Learn sets stuff classes' (LearnConfig.dense_stuff_share).
@@ -42,27 +55,23 @@ def _fold(entry: int, index: np.ndarray, width: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def pixel_table(head, entries: Sequence, config: PixelFitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features [N, F] float32, labels [N] int64, folds [N]) of a sample of the known pixels of
-    `entries` ((DenseInputs, labels [H, W]) pairs at the padded size; labels -1 unknown, 0 background, k
-    class); `folds`: each pixel's cross-fitting fold (`_fold`)."""
+def pixel_table(head, entries: Sequence, config: PixelFitConfig
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features [N, F] float32, labels [N] int64, folds [N], uniform [N] bool) of a sample of the known
+    pixels of `entries` ((DenseInputs, labels [H, W]) pairs at the padded size; labels -1 unknown, 0
+    background, k class); `folds`: each pixel's cross-fitting fold (`_fold`); `uniform`: whether it was
+    drawn uniformly (not for being near a boundary: `sample_known`)."""
     rng = np.random.default_rng(config.seed)
     stage = head.pixel_stage
-    rows, targets, folds = [], [], []
+    rows, targets, folds, uniform = [], [], [], []
     for n, (inputs, labels) in enumerate(entries):
-        flat = labels.reshape(-1).cpu().numpy()
-        chosen = []
-        for value in np.unique(flat):
-            if value == UNKNOWN:
-                continue
-            where = np.flatnonzero(flat == value)
-            limit = config.negatives if value == 0 else config.positives
-            if where.size > limit:
-                where = np.sort(rng.choice(where, limit, replace=False))
-            chosen.append(where)
+        grid = labels.reshape(labels.shape[-2:]).cpu().numpy()
+        flat = grid.reshape(-1)
+        chosen = sample_known(grid, config, rng)
         if not chosen:
             continue
-        index = np.concatenate(chosen)
+        index = np.concatenate([i for i, _ in chosen])
+        uniform.append(np.concatenate([u for _, u in chosen]))
         features = stage.features(*head.pixel_inputs(inputs))[0]  # [F, H, W]
         picked = torch.from_numpy(index).to(features.device)
         rows.append(features.reshape(features.shape[0], -1)[:, picked].T.float().cpu().numpy())
@@ -70,7 +79,42 @@ def pixel_table(head, entries: Sequence, config: PixelFitConfig) -> tuple[np.nda
         folds.append(_fold(n, index, labels.shape[-1]))
     if not rows:
         raise ValueError("no painted pixels to fit the pixel stage on")
-    return np.concatenate(rows), np.concatenate(targets).astype(np.int64), np.concatenate(folds)
+    return (np.concatenate(rows), np.concatenate(targets).astype(np.int64), np.concatenate(folds),
+            np.concatenate(uniform))
+
+
+def sample_known(labels: np.ndarray, config: PixelFitConfig, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per known label of `labels` [H, W] (-1 unknown), the flat indices of its pixels to fit on, and
+    whether each was drawn uniformly: at most `config.negatives` of the background (0) and
+    `config.positives` of each class, `config.boundary_share` of them drawn from its pixels near another
+    known label (those are not uniform: a forest's share of the blend is judged on the uniform ones, which
+    stand for the painting as it is)."""
+    flat = labels.reshape(-1)
+    square = np.ones((2 * config.boundary_width + 1,) * 2, bool)
+    chosen = []
+    for value in np.unique(flat):
+        if value == UNKNOWN:
+            continue
+        where = np.flatnonzero(flat == value)
+        limit = config.negatives if value == 0 else config.positives
+        if where.size <= limit:
+            chosen.append((where, np.ones(where.size, bool)))
+            continue
+        edge = np.zeros(0, np.int64)
+        if config.boundary_share > 0:
+            near = ndimage.binary_dilation((labels != value) & (labels != UNKNOWN), square).reshape(-1)
+            edge = where[near[where]]
+        from_edge = min(edge.size, int(round(config.boundary_share * limit)))
+        uniform = rng.choice(where, limit - from_edge, replace=False)
+        if from_edge:  # a pixel near the edge that the uniform draw took stays uniform
+            rest = edge[~np.isin(edge, uniform)]
+            extra = rng.choice(rest, min(from_edge, rest.size), replace=False)
+        else:
+            extra = edge[:0]
+        index = np.concatenate([uniform, extra])
+        order = np.argsort(index)
+        chosen.append((index[order], np.concatenate([np.ones(uniform.size, bool), np.zeros(extra.size, bool)])[order]))
+    return chosen
 
 
 def _forest(config: PixelFitConfig, trees: int, threads: int, seed: int):
@@ -106,7 +150,7 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
     of the painting deciding them."""
     if len(config.fixed_shares) > head.num_classes:
         raise ValueError(f"fixed_shares names {len(config.fixed_shares)} classes; the step has {head.num_classes}")
-    features, labels, folds = pixel_table(head, entries, config)
+    features, labels, folds, uniform = pixel_table(head, entries, config)
     if not (labels == 0).any() or not (labels > 0).any():
         raise ValueError("the pixel stage needs pixels of the classes and of known background")
     c = head.num_classes
@@ -118,13 +162,13 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
         halves.append(_forest(config, max(config.trees // 2, 1), threads, config.seed + 1 + fold)
                       .fit(features[seen], labels[seen]) if usable else None)
     held = np.zeros((len(labels), c + 1))
-    judged = np.zeros(len(labels), bool)
+    judged = np.zeros(len(labels), bool)  # the share is judged on uniformly drawn pixels only
     for fold in (0, 1):
         other = halves[1 - fold]
         rows = folds == fold
         if other is not None and rows.any():
             held[rows] = _shares(other, features[rows], c + 1)
-            judged |= rows
+            judged |= rows & uniform
     head_probs = 1 / (1 + np.exp(-features[:, -2 * c:][:, :c].astype(np.float64)))
     weights = blend_weights(held[judged, 1:], head_probs[judged], labels[judged]) if judged.any() else [0.0] * c
     weights = [w if f is None else float(f) for w, f in zip(weights, [*config.fixed_shares, *[None] * c])]
