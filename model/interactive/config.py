@@ -92,10 +92,10 @@ class LearnConfig:
     dense_forest_positives: int = 1000
     dense_forest_negatives: int = 2000
     # Dense only: of each of those samples, the share drawn within 3 pixels of another known label, where
-    # a forest's boundary errors are (a uniform sample holds few such pixels). Tuning split, 3 seeds, 0 ->
-    # 0.5: SQ coins 95.4 -> 96.4, ihc nuclei 86.9 -> 88.0, retina IoU 93.1 -> 93.8; PQ over the 10
-    # classes +0.5 on average, coins partial 93.6 -> 90.6 and ihc partial nuclei 39.3 -> 37.3 lower
-    # (docs/learn_experiments.md). 0.5 with 2000 / 4000 pixels: no better, a slower fit.
+    # a forest's boundary errors are (a uniform sample holds few such pixels); the forest's share of the
+    # blend is judged on the uniform rest. Tuning split, 3 seeds (scenes 2), 0 -> 0.5: SQ coins 95.4 ->
+    # 96.3, ihc nuclei 86.9 -> 87.7, retina IoU 93.1 -> 93.8; PQ summed over 18 classes +5.9, lower on
+    # coins partial 93.6 -> 91.6 and ihc partial nuclei 39.3 -> 37.7 (docs/learn_experiments.md).
     dense_forest_boundary: float = 0.5
     # Dense only: the forest's share of the blend for stuff classes where the base model recognises
     # little of the painted images (holds at most `dense_stuff_share_below` of their pixels), set

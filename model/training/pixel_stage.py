@@ -31,18 +31,18 @@ class PixelFitConfig:
     positives: int = 1000  # at most this many pixels of each class per image
     negatives: int = 2000  # and this many of its known background (Learn sets both: LearnConfig)
     # Of each label's sample, at most this share is drawn from its pixels within `boundary_width` pixels
-    # of another known label (the rest from all its pixels): where a forest's errors are.
+    # of another known label, where a forest's boundary errors are (the rest uniformly: `sample_known`).
     boundary_share: float = 0.0
     boundary_width: int = 3
+    seed: int = 0
+    # Per class of the step, the forest's share set in advance instead of chosen on the painting (None,
+    # or no entry: chosen). Learn sets stuff classes' (LearnConfig.dense_stuff_share).
+    fixed_shares: tuple[float | None, ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= self.boundary_share <= 1.0 or self.boundary_width < 1:
             raise ValueError(f"boundary_share must lie in [0, 1] and boundary_width be at least 1, got "
                              f"{self.boundary_share}, {self.boundary_width}")
-    seed: int = 0
-    # Per class of the step, the forest's share set in advance instead of chosen on the painting (None,
-    # or no entry: chosen). Learn sets stuff classes' (LearnConfig.dense_stuff_share).
-    fixed_shares: tuple[float | None, ...] = ()
 
 
 BLOCK = 64  # side of the squares that cross-fitting holds out together (neighbouring pixels look alike)
@@ -100,20 +100,18 @@ def sample_known(labels: np.ndarray, config: PixelFitConfig, rng) -> list[tuple[
         if where.size <= limit:
             chosen.append((where, np.ones(where.size, bool)))
             continue
-        edge = np.zeros(0, np.int64)
+        from_edge = 0
         if config.boundary_share > 0:
             near = ndimage.binary_dilation((labels != value) & (labels != UNKNOWN), square).reshape(-1)
             edge = where[near[where]]
-        from_edge = min(edge.size, int(round(config.boundary_share * limit)))
+            from_edge = min(edge.size, int(round(config.boundary_share * limit)))
         uniform = rng.choice(where, limit - from_edge, replace=False)
+        index = uniform
         if from_edge:  # a pixel near the edge that the uniform draw took stays uniform
             rest = edge[~np.isin(edge, uniform)]
-            extra = rng.choice(rest, min(from_edge, rest.size), replace=False)
-        else:
-            extra = edge[:0]
-        index = np.concatenate([uniform, extra])
+            index = np.concatenate([uniform, rng.choice(rest, min(from_edge, rest.size), replace=False)])
         order = np.argsort(index)
-        chosen.append((index[order], np.concatenate([np.ones(uniform.size, bool), np.zeros(extra.size, bool)])[order]))
+        chosen.append((index[order], order < uniform.size))
     return chosen
 
 
@@ -165,10 +163,10 @@ def fit_pixel_stage(head, entries: Sequence, config: PixelFitConfig = PixelFitCo
     judged = np.zeros(len(labels), bool)  # the share is judged on uniformly drawn pixels only
     for fold in (0, 1):
         other = halves[1 - fold]
-        rows = folds == fold
+        rows = (folds == fold) & uniform
         if other is not None and rows.any():
             held[rows] = _shares(other, features[rows], c + 1)
-            judged |= rows & uniform
+            judged |= rows
     head_probs = 1 / (1 + np.exp(-features[:, -2 * c:][:, :c].astype(np.float64)))
     weights = blend_weights(held[judged, 1:], head_probs[judged], labels[judged]) if judged.any() else [0.0] * c
     weights = [w if f is None else float(f) for w, f in zip(weights, [*config.fixed_shares, *[None] * c])]
